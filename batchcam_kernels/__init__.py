@@ -1,0 +1,1 @@
+"""Triton kernels of batchcam: plain functions over tensors (no torch.library here)."""

@@ -1,0 +1,298 @@
+// CPU kernels of batchcam::cam_forward and batchcam::cam_backward.
+//
+// Forward, per sample b (DESIGN.md section 3), accumulated in acc_t (float, double for double):
+//   w[c] = 1/P sum_p G[c,p]        s[p] = sum_c w[c] A[c,p]        r = relu(s)
+//   y    = (r - min r) / (max r - min r + eps)   (or r / (max r + eps), or r)
+// Backward, given gy:
+//   gr = dy/dr^T gy (ties in the extremes share their gradient evenly)    gs = gr * (s > 0)
+//   gA[c,p] = w[c] gs[p]           gG[c,p] = 1/P sum_p' gs[p'] A[c,p']
+//
+// Work is split into (sample, channel block) tasks run by at::parallel_for. The number of blocks
+// depends on the shape only, and partial sums are combined in a fixed order, so results are
+// bitwise reproducible whatever the thread count. Inner loops keep kLanes independent partial
+// sums so that -O3 vectorises them without reassociating floating-point additions.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "../fused_cam.h"
+
+namespace batchcam {
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMinChannelsPerBlock = 16;
+constexpr int64_t kTargetTasks = 32;
+
+// Channel blocks per sample: enough (sample, block) tasks to occupy every core when B is small.
+int64_t channel_blocks(const CamShape& shape) {
+  const int64_t wanted = (kTargetTasks + shape.B - 1) / std::max<int64_t>(shape.B, 1);
+  return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(shape.C / kMinChannelsPerBlock, 1));
+}
+
+// sum_i term(i), kept in kLanes interleaved partial sums combined in a fixed order.
+template <typename acc_t, typename Term>
+acc_t lane_reduce(int64_t n, const Term& term) {
+  std::array<acc_t, kLanes> lanes{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(i + l);
+  }
+  for (int64_t l = 0; i < n; ++i, ++l) lanes[l] += term(i);
+  acc_t total = 0;
+  for (acc_t v : lanes) total += v;
+  return total;
+}
+
+template <typename acc_t, typename scalar_t>
+acc_t lane_sum(const scalar_t* x, int64_t n) {
+  return lane_reduce<acc_t>(n, [&](int64_t i) { return static_cast<acc_t>(x[i]); });
+}
+
+template <typename acc_t, typename scalar_t>
+acc_t lane_dot(const scalar_t* x, const acc_t* y, int64_t n) {
+  return lane_reduce<acc_t>(n, [&](int64_t i) { return static_cast<acc_t>(x[i]) * y[i]; });
+}
+
+// min/max/relu that propagate NaN, as torch.amin/amax/relu do.
+template <typename acc_t>
+acc_t nan_min(acc_t a, acc_t b) { return (a < b || std::isnan(a)) ? a : b; }
+template <typename acc_t>
+acc_t nan_max(acc_t a, acc_t b) { return (a > b || std::isnan(a)) ? a : b; }
+template <typename acc_t>
+acc_t rectify(acc_t v, bool relu) { return (!relu || v > 0 || std::isnan(v)) ? v : acc_t(0); }
+
+template <typename acc_t>
+acc_t normaliser(Normalize norm, acc_t lo, acc_t hi, acc_t eps) {
+  return norm == Normalize::MinMax ? hi - lo + eps : hi + eps;
+}
+
+// One (sample, channel block) of the forward: w for channels [c0, c1) and their share of s.
+template <typename scalar_t, typename acc_t>
+void forward_block(const CamShape& shape, const scalar_t* a, const scalar_t* g, int64_t c0,
+                   int64_t c1, acc_t* w, acc_t* s_part) {
+  const int64_t C = shape.C, P = shape.P;
+  const acc_t inv_p = acc_t(1) / P;
+  if (!shape.channels_last) {
+    std::fill(s_part, s_part + P, acc_t(0));
+    for (int64_t c = c0; c < c1; ++c) {
+      const acc_t wc = lane_sum<acc_t>(g + c * P, P) * inv_p;
+      w[c] = wc;
+      const scalar_t* ac = a + c * P;
+      for (int64_t p = 0; p < P; ++p) s_part[p] += wc * static_cast<acc_t>(ac[p]);
+    }
+  } else {
+    const int64_t n = c1 - c0;
+    acc_t* wb = w + c0;
+    std::fill(wb, wb + n, acc_t(0));
+    for (int64_t p = 0; p < P; ++p) {
+      const scalar_t* gp = g + p * C + c0;
+      for (int64_t i = 0; i < n; ++i) wb[i] += static_cast<acc_t>(gp[i]);
+    }
+    for (int64_t i = 0; i < n; ++i) wb[i] *= inv_p;
+    for (int64_t p = 0; p < P; ++p) s_part[p] = lane_dot(a + p * C + c0, wb, n);
+  }
+}
+
+// Sums the block partials of one sample into s, then rectifies and normalises it into y.
+template <typename scalar_t, typename acc_t>
+void finish_sample(int64_t P, int64_t blocks, const acc_t* partials, bool relu, Normalize norm,
+                   acc_t eps, acc_t* s, acc_t* ext, scalar_t* y) {
+  acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
+  for (int64_t p = 0; p < P; ++p) {
+    acc_t v = partials[p];
+    for (int64_t k = 1; k < blocks; ++k) v += partials[k * P + p];
+    s[p] = v;
+    const acc_t r = rectify(v, relu);
+    lo = nan_min(lo, r);
+    hi = nan_max(hi, r);
+  }
+  ext[0] = lo;
+  ext[1] = hi;
+  const acc_t shift = norm == Normalize::MinMax ? lo : acc_t(0);
+  const acc_t scale = norm == Normalize::None ? acc_t(1) : acc_t(1) / normaliser(norm, lo, hi, eps);
+  for (int64_t p = 0; p < P; ++p) y[p] = static_cast<scalar_t>((rectify(s[p], relu) - shift) * scale);
+}
+
+// gs for one sample: the gradient of the loss with respect to the scores s.
+template <typename scalar_t, typename acc_t>
+void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_t* ext, bool relu,
+                       Normalize norm, acc_t eps, acc_t* gs) {
+  const acc_t lo = ext[0], hi = ext[1];
+  acc_t scale = 1, g_lo = 0, g_hi = 0;
+  int64_t n_lo = 0, n_hi = 0;
+  if (norm != Normalize::None) {
+    const acc_t d = normaliser(norm, lo, hi, eps);
+    const acc_t shift = norm == Normalize::MinMax ? lo : acc_t(0);
+    acc_t sum_gy = 0, sum_gy_y = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      const acc_t r = rectify(s[p], relu), g = static_cast<acc_t>(gy[p]);
+      sum_gy += g;
+      sum_gy_y += g * ((r - shift) / d);
+      n_lo += r == lo;
+      n_hi += r == hi;
+    }
+    scale = acc_t(1) / d;
+    // d y_p / d hi = -y_p / d;  d y_p / d lo = (y_p - 1) / d  (minmax only)
+    g_hi = -sum_gy_y / d / std::max<int64_t>(n_hi, 1);
+    if (norm == Normalize::MinMax) g_lo = (sum_gy_y - sum_gy) / d / std::max<int64_t>(n_lo, 1);
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    const acc_t r = rectify(s[p], relu);
+    acc_t gr = static_cast<acc_t>(gy[p]) * scale;
+    if (r == lo) gr += g_lo;
+    if (r == hi) gr += g_hi;
+    gs[p] = (!relu || s[p] > 0) ? gr : acc_t(0);
+  }
+}
+
+// One (sample, channel block) of the backward: gA = w gs and gG = 1/P (A . gs), each if wanted.
+template <typename scalar_t, typename acc_t>
+void backward_block(const CamShape& shape, const scalar_t* a, const acc_t* w, const acc_t* gs,
+                    int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gg) {
+  const int64_t C = shape.C, P = shape.P;
+  const acc_t inv_p = acc_t(1) / P;
+  if (!shape.channels_last) {
+    for (int64_t c = c0; c < c1; ++c) {
+      if (ga) {
+        scalar_t* gac = ga + c * P;
+        for (int64_t p = 0; p < P; ++p) gac[p] = static_cast<scalar_t>(w[c] * gs[p]);
+      }
+      if (gg) std::fill(gg + c * P, gg + (c + 1) * P, static_cast<scalar_t>(lane_dot(a + c * P, gs, P) * inv_p));
+    }
+  } else {
+    const int64_t n = c1 - c0;
+    std::vector<acc_t> dot(gg ? n : 0, acc_t(0));
+    for (int64_t p = 0; gg && p < P; ++p) {
+      const scalar_t* ap = a + p * C + c0;
+      for (int64_t i = 0; i < n; ++i) dot[i] += static_cast<acc_t>(ap[i]) * gs[p];
+    }
+    for (int64_t p = 0; p < P; ++p) {
+      if (ga) {
+        scalar_t* gap = ga + p * C + c0;
+        for (int64_t i = 0; i < n; ++i) gap[i] = static_cast<scalar_t>(w[c0 + i] * gs[p]);
+      }
+      if (gg) {
+        scalar_t* ggp = gg + p * C + c0;
+        for (int64_t i = 0; i < n; ++i) ggp[i] = static_cast<scalar_t>(dot[i] * inv_p);
+      }
+    }
+  }
+}
+
+// Runs fn(b, c0, c1) over every (sample, channel block) task in parallel.
+template <typename Fn>
+void for_each_block(const CamShape& shape, int64_t blocks, const Fn& fn) {
+  const int64_t per_block = (shape.C + blocks - 1) / blocks;
+  at::parallel_for(0, shape.B * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, k = task % blocks;
+      const int64_t c0 = std::min(k * per_block, shape.C), c1 = std::min(c0 + per_block, shape.C);
+      fn(b, k, c0, c1);
+    }
+  });
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
+    const at::Tensor& activations, const at::Tensor& gradients, bool relu,
+    c10::string_view normalize, double eps, c10::string_view /*gpu_kernel*/) {
+  const Normalize norm = parse_normalize(normalize);
+  const CamShape shape = check_cam_inputs(activations, gradients);
+  const at::Tensor a = to_layout(activations, shape.channels_last);
+  const at::Tensor g = to_layout(gradients, shape.channels_last);
+  auto spatial = activations.sizes().slice(2).vec();
+  spatial.insert(spatial.begin(), shape.B);
+  const auto acc_opts = a.options().dtype(acc_dtype(a.scalar_type()));
+  at::Tensor y = at::empty(spatial, a.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor w = at::empty({shape.B, shape.C}, acc_opts);
+  at::Tensor s = at::empty({shape.B, shape.P}, acc_opts);
+  at::Tensor ext = at::empty({shape.B, 2}, acc_opts);
+  if (y.numel() == 0) return {y, w.zero_(), s, ext.zero_()};
+
+  const int64_t blocks = channel_blocks(shape);
+  at::Tensor partials = at::empty({shape.B, blocks, shape.P}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t CP = shape.C * shape.P;
+    const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
+    const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+    acc_t* w_ptr = w.mutable_data_ptr<acc_t>();
+    acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
+    for_each_block(shape, blocks, [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
+      forward_block(shape, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * shape.C,
+                    part_ptr + (b * blocks + k) * shape.P);
+    });
+    acc_t* s_ptr = s.mutable_data_ptr<acc_t>();
+    acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
+    scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, shape.B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        finish_sample(shape.P, blocks, part_ptr + b * blocks * shape.P, relu, norm,
+                      static_cast<acc_t>(eps), s_ptr + b * shape.P, ext_ptr + 2 * b,
+                      y_ptr + b * shape.P);
+      }
+    });
+  });
+  return {y, w, s, ext};
+}
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cam_backward_cpu(
+    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
+    const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
+    double eps, c10::string_view /*gpu_kernel*/, std::array<bool, 2> output_mask) {
+  const Normalize norm = parse_normalize(normalize);
+  const CamShape shape = check_cam_inputs(activations, activations);
+  check_saved(shape, grad_map, weights, scores, extremes);
+  const at::Tensor a = to_layout(activations, shape.channels_last);
+  std::optional<at::Tensor> ga, gg;
+  if (output_mask[0]) ga = at::empty_like(a);
+  if (output_mask[1]) gg = at::empty_like(a);
+  if (a.numel() == 0 || !(output_mask[0] || output_mask[1])) return {ga, gg};
+
+  const at::Tensor gy = grad_map.contiguous();
+  const at::Tensor w = weights.contiguous(), s = scores.contiguous(), ext = extremes.contiguous();
+  at::Tensor gs = at::empty_like(s);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t P = shape.P, CP = shape.C * shape.P;
+    const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
+    const acc_t* s_ptr = s.const_data_ptr<acc_t>();
+    const acc_t* ext_ptr = ext.const_data_ptr<acc_t>();
+    acc_t* gs_ptr = gs.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, shape.B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm,
+                          static_cast<acc_t>(eps), gs_ptr + b * P);
+      }
+    });
+    const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
+    const acc_t* w_ptr = w.const_data_ptr<acc_t>();
+    scalar_t* ga_ptr = ga ? ga->mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gg_ptr = gg ? gg->mutable_data_ptr<scalar_t>() : nullptr;
+    for_each_block(shape, channel_blocks(shape), [&](int64_t b, int64_t, int64_t c0, int64_t c1) {
+      backward_block(shape, a_ptr + b * CP, w_ptr + b * shape.C, gs_ptr + b * P, c0, c1,
+                     ga_ptr ? ga_ptr + b * CP : nullptr, gg_ptr ? gg_ptr + b * CP : nullptr);
+    });
+  });
+  return {ga, gg};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(batchcam, CPU, m) {
+  m.impl("cam_forward", &cam_forward_cpu);
+  m.impl("cam_backward", &cam_backward_cpu);
+}
+
+}  // namespace batchcam

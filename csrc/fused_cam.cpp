@@ -1,0 +1,40 @@
+// Schemas of the batchcam ops: the one place they are defined (kernels live in csrc/cpu and
+// csrc/cuda, the autograd formula, fake kernels and the public composite in python/batchcam/ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module: importing batchcam._C only runs the static registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(batchcam, m) {
+  // Public op: batched Grad-CAM of activations A and their gradients G, both (B, C, *S).
+  m.def(
+      "fused_cam(Tensor activations, Tensor gradients, bool relu=True, "
+      "str normalize=\"minmax\", float eps=1e-7) -> Tensor");
+  // Forward kernel: the map y (B, *S) plus what the backward needs: channel weights w (B, C),
+  // pre-ReLU scores s (B, P) and the extremes (min, max) of the rectified map (B, 2), all in the
+  // accumulation dtype. `gpu_kernel` ("triton" or "cuda") picks the CUDA implementation; CPU
+  // tensors always run the C++ kernel.
+  m.def(
+      "cam_forward(Tensor activations, Tensor gradients, bool relu, str normalize, float eps, "
+      "str gpu_kernel) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
+  // Backward kernel: grad_activations and grad_gradients, each only where output_mask says so.
+  m.def(
+      "cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
+      "Tensor extremes, bool relu, str normalize, float eps, str gpu_kernel, bool[2] output_mask) "
+      "-> (Tensor?, Tensor?)");
+  // The C++/CUDA kernels, which the CUDA implementation of cam_forward / cam_backward calls when
+  // gpu_kernel == "cuda" (registered only when the extension is built with CUDA).
+  m.def(
+      "cuda_cam_forward(Tensor activations, Tensor gradients, bool relu, str normalize, "
+      "float eps) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
+  m.def(
+      "cuda_cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
+      "Tensor extremes, bool relu, str normalize, float eps, bool[2] output_mask) "
+      "-> (Tensor?, Tensor?)");
+}

@@ -1,0 +1,165 @@
+"""Python side of the batchcam ops whose schemas csrc/fused_cam.cpp defines: input checks, fake
+kernels, the autograd formula, the CUDA implementation (Triton or C++/CUDA) and the public
+composite `torch.ops.batchcam.fused_cam`.
+
+    fused_cam(A, G, relu, normalize, eps)          public, CompositeImplicitAutograd:
+      -> cam_forward(A, G, ..., gpu_kernel)[0]     kernels: CPU (C++), CUDA (below); autograd:
+           backward: cam_backward(gy, A, w, s, ext, ..., output_mask)
+"""
+import torch
+
+from . import _C  # noqa: F401  (registers the schemas and the CPU kernels)
+from .backend import get_backend, gpu_kernel
+from .reference import NORMALIZE_MODES, accumulation_dtype
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_inputs(activations, gradients, normalize="minmax", eps=1e-7):
+    """Raises a ValueError/TypeError naming the problem for every input fused_cam rejects."""
+    for name, t in (("activations", activations), ("gradients", gradients)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"fused_cam: {name} must be a Tensor, got {type(t).__name__}")
+    if activations.dim() < 3:
+        raise ValueError(
+            "fused_cam: activations must have shape (B, C, *S) with at least one spatial dim, "
+            f"got shape {tuple(activations.shape)}"
+        )
+    if activations.shape != gradients.shape:
+        raise ValueError(
+            f"fused_cam: activations {tuple(activations.shape)} and gradients "
+            f"{tuple(gradients.shape)} must have the same shape"
+        )
+    if activations.dtype not in FLOAT_DTYPES or gradients.dtype != activations.dtype:
+        raise TypeError(
+            "fused_cam: activations and gradients must share one floating dtype "
+            f"(float16, bfloat16, float32, float64), got {activations.dtype} and {gradients.dtype}"
+        )
+    if activations.device != gradients.device:
+        raise ValueError(
+            f"fused_cam: activations on {activations.device} and gradients on "
+            f"{gradients.device} must be on the same device"
+        )
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"fused_cam: normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    if not eps >= 0:
+        raise ValueError(f"fused_cam: eps must be >= 0, got {eps}")
+
+
+# --- Public composite -------------------------------------------------------------------------
+
+
+def fused_cam_op(activations, gradients, relu, normalize, eps, kernel):
+    """Checks the inputs, then runs the forward kernel (autograd-aware) and returns the map."""
+    check_inputs(activations, gradients, normalize, eps)
+    return torch.ops.batchcam.cam_forward(activations, gradients, relu, normalize, eps, kernel)[0]
+
+
+@torch.library.impl("batchcam::fused_cam", "CompositeImplicitAutograd")
+def _fused_cam_composite(activations, gradients, relu=True, normalize="minmax", eps=1e-7):
+    return fused_cam_op(activations, gradients, relu, normalize, eps, gpu_kernel(get_backend()))
+
+
+# --- Fake kernels -------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("batchcam::cam_forward")
+def _cam_forward_fake(activations, gradients, relu, normalize, eps, gpu_kernel):
+    torch._check(activations.dim() >= 3, lambda: "fused_cam: activations need a spatial dim")
+    torch._check(activations.shape == gradients.shape, lambda: "fused_cam: shape mismatch")
+    torch._check(activations.dtype == gradients.dtype, lambda: "fused_cam: dtype mismatch")
+    B, C = activations.shape[:2]
+    P = activations[0, 0].numel()
+    acc = accumulation_dtype(activations.dtype)
+    y = activations.new_empty((B, *activations.shape[2:]))
+    return (
+        y,
+        activations.new_empty((B, C), dtype=acc),
+        activations.new_empty((B, P), dtype=acc),
+        activations.new_empty((B, 2), dtype=acc),
+    )
+
+
+@torch.library.register_fake("batchcam::cam_backward")
+def _cam_backward_fake(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
+                       gpu_kernel, output_mask):
+    return tuple(torch.empty_like(activations) if m else None for m in output_mask)
+
+
+# --- Autograd -----------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output):
+    activations, gradients, relu, normalize, eps, kernel = inputs
+    _, weights, scores, extremes = output
+    ctx.mark_non_differentiable(weights, scores, extremes)
+    ctx.params = (relu, normalize, eps, kernel)
+    # Saving the activations keeps a reference, not a copy; the backward kernel reads them only to
+    # compute the gradient of the gradients.
+    ctx.save_for_backward(activations, weights, scores, extremes)
+
+
+def _backward(ctx, grad_map, _grad_weights, _grad_scores, _grad_extremes):
+    activations, weights, scores, extremes = ctx.saved_tensors
+    output_mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    if grad_map is None or not any(output_mask):
+        return None, None, None, None, None, None
+    grad_a, grad_g = torch.ops.batchcam.cam_backward(
+        grad_map, activations, weights, scores, extremes, *ctx.params, output_mask
+    )
+    return grad_a, grad_g, None, None, None, None
+
+
+torch.library.register_autograd("batchcam::cam_forward", _backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "batchcam.fused_cam does not support double backward (differentiating its backward). "
+        "Training through Grad-CAM maps needs only first-order gradients of fused_cam: use "
+        "create_graph=True on the model's gradients, not on fused_cam's backward."
+    )
+
+
+torch.library.register_autograd(
+    "batchcam::cam_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
+
+
+# --- CUDA: one implementation per op that picks the Triton or the C++/CUDA kernel ---------------
+
+
+def _cuda_kernels_built():
+    return torch._C._dispatch_has_kernel_for_dispatch_key("batchcam::cuda_cam_forward", "CUDA")
+
+
+def _require_cuda_kernels():
+    if not _cuda_kernels_built():
+        raise RuntimeError(
+            "batchcam backend 'cuda' needs the extension built with CUDA (torch with CUDA and nvcc "
+            "found at build time; see setup.py). Use backend 'triton' instead, or rebuild."
+        )
+
+
+@torch.library.impl("batchcam::cam_forward", "CUDA")
+def _cam_forward_cuda(activations, gradients, relu, normalize, eps, gpu_kernel):
+    if gpu_kernel == "cuda":
+        _require_cuda_kernels()
+        return torch.ops.batchcam.cuda_cam_forward(activations, gradients, relu, normalize, eps)
+    from batchcam_kernels import cam_forward
+
+    return cam_forward(activations, gradients, relu, normalize, eps)
+
+
+@torch.library.impl("batchcam::cam_backward", "CUDA")
+def _cam_backward_cuda(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
+                       gpu_kernel, output_mask):
+    if gpu_kernel == "cuda":
+        _require_cuda_kernels()
+        return torch.ops.batchcam.cuda_cam_backward(
+            grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask
+        )
+    from batchcam_kernels import cam_backward
+
+    return cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
+                        output_mask)
