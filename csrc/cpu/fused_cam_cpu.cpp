@@ -126,10 +126,10 @@ template <typename scalar_t, typename acc_t>
 void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_t* ext, bool relu,
                        Normalize norm, acc_t eps, acc_t* gs) {
   const acc_t lo = ext[0], hi = ext[1];
-  acc_t scale = 1, g_lo = 0, g_hi = 0;
+  acc_t d = 1, g_lo = 0, g_hi = 0;
   int64_t n_lo = 0, n_hi = 0;
   if (norm != Normalize::None) {
-    const acc_t d = normaliser(norm, lo, hi, eps);
+    d = normaliser(norm, lo, hi, eps);
     const acc_t shift = norm == Normalize::MinMax ? lo : acc_t(0);
     acc_t sum_gy = 0, sum_gy_y = 0;
     for (int64_t p = 0; p < P; ++p) {
@@ -139,14 +139,13 @@ void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_
       n_lo += r == lo;
       n_hi += r == hi;
     }
-    scale = acc_t(1) / d;
     // d y_p / d hi = -y_p / d;  d y_p / d lo = (y_p - 1) / d  (minmax only)
     g_hi = -sum_gy_y / d / std::max<int64_t>(n_hi, 1);
     if (norm == Normalize::MinMax) g_lo = (sum_gy_y - sum_gy) / d / std::max<int64_t>(n_lo, 1);
   }
   for (int64_t p = 0; p < P; ++p) {
     const acc_t r = rectify(s[p], relu);
-    acc_t gr = static_cast<acc_t>(gy[p]) * scale;
+    acc_t gr = static_cast<acc_t>(gy[p]) / d;  // a division, as autograd does: exact cancellations stay exact
     if (r == lo) gr += g_lo;
     if (r == hi) gr += g_hi;
     gs[p] = (!relu || s[p] > 0) ? gr : acc_t(0);

@@ -72,7 +72,10 @@ class BatchCAM:
                 activations = self._captured[0]
                 targets = self._targets(logits, targets)
                 score = logits.gather(1, targets[:, None]).sum()
-                (gradients,) = torch.autograd.grad(score, activations, create_graph=create_graph)
+                # retain_graph: the logits stay differentiable for a loss beside the maps'.
+                (gradients,) = torch.autograd.grad(
+                    score, activations, create_graph=create_graph, retain_graph=True
+                )
                 maps = fused_cam(activations, gradients, backend=self.backend, **self.cam_options)
             return logits, maps
         finally:

@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; the variable must be
+# set before triton (or batchcam_kernels) is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def poisoned_empty():
+    """Fills every torch.empty (kernels' outputs included) with NaN, so unwritten elements fail."""
+    import torch.utils.deterministic as deterministic
+
+    previous = (torch.are_deterministic_algorithms_enabled(), deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True)
+    deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(previous[0])
+    deterministic.fill_uninitialized_memory = previous[1]

@@ -1,0 +1,76 @@
+"""Inputs and comparisons shared by the op tests: one place that says what "correct" means.
+
+A kernel's error against the float64 reference must stay within K times the error of the same
+composition run in the kernel's dtype (flash-attention's rule), plus a small dtype floor relative
+to the magnitude of the result.
+"""
+import torch
+
+from batchcam import fused_cam_reference
+
+K = 2.0
+FLOOR = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-3, torch.float16: 5e-4}
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def make_inputs(shape, dtype=torch.float32, device="cpu", channels_last=False, seed=0,
+                requires_grad=False):
+    """Fresh random activations and gradients (never zeros), optionally channels-last."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(shape, generator=gen, dtype=torch.float64)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64) + 0.1  # mostly positive weights
+    out = []
+    for t in (a, g):
+        t = t.to(device=device, dtype=dtype)
+        if channels_last:
+            t = t.movedim(1, -1).contiguous().movedim(-1, 1)
+        out.append(t.requires_grad_(requires_grad))
+    return out
+
+
+def to64(t):
+    return t.detach().to(torch.float64)
+
+
+def assert_close(actual, expected64, same_dtype, name):
+    """|actual - expected64| <= K |same_dtype - expected64|_max + FLOOR * max(1, |expected64|_max)."""
+    assert actual.shape == expected64.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected64.shape)}"
+    err = (to64(actual) - expected64).abs()
+    ref_err = (to64(same_dtype) - expected64).abs().max() if expected64.numel() else 0.0
+    scale = expected64.abs().max().clamp_min(1.0) if expected64.numel() else 1.0
+    bound = K * ref_err + FLOOR[actual.dtype] * scale
+    bad = ~(err <= bound)  # NaN counts as a mismatch
+    if bad.any():
+        idx = bad.nonzero()[0].tolist()
+        raise AssertionError(
+            f"{name} ({actual.dtype}): {int(bad.sum())}/{err.numel()} elements off by more than "
+            f"{float(bound):.3g}; first at {idx}: got {float(actual[tuple(idx)])}, "
+            f"expected {float(expected64[tuple(idx)])}; max error {float(err.nan_to_num(float('inf')).max()):.3g}"
+        )
+
+
+def run_forward_backward(fn, a, g, gy, **kw):
+    """Map and (gA, gG) of fn(a, g) by autograd, for the inputs that require grad."""
+    y = fn(a, g, **kw)
+    wrt = [t for t in (a, g) if t.requires_grad]
+    grads = torch.autograd.grad(y, wrt, gy) if wrt else ()
+    it = iter(grads)
+    return y, tuple(next(it) if t.requires_grad else None for t in (a, g))
+
+
+def check_against_reference(fn, a, g, seed=1, **kw):
+    """Compares fn's map and gradients with the float64 reference and the same-dtype reference."""
+    gen = torch.Generator().manual_seed(seed)
+    gy = torch.randn((a.shape[0], *a.shape[2:]), generator=gen, dtype=torch.float64)
+    gy = gy.to(device=a.device, dtype=a.dtype)
+    y, grads = run_forward_backward(fn, a, g, gy, **kw)
+    a64, g64 = (to64(t).requires_grad_(t.requires_grad) for t in (a, g))
+    y64, grads64 = run_forward_backward(fused_cam_reference, a64, g64, to64(gy), **kw)
+    a_r, g_r = (t.detach().clone().requires_grad_(t.requires_grad) for t in (a, g))
+    y_r, grads_r = run_forward_backward(fused_cam_reference, a_r, g_r, gy, **kw)
+    assert y.dtype == a.dtype
+    assert_close(y, y64, y_r, "map")
+    for name, got, exp, same in zip(("grad activations", "grad gradients"), grads, grads64, grads_r):
+        if exp is not None:
+            assert_close(got, exp, same, name)
+    return y, grads
