@@ -23,7 +23,9 @@ TORCH_LIBRARY(batchcam, m) {
   m.def(
       "cam_forward(Tensor activations, Tensor gradients, bool relu, str normalize, float eps, "
       "str gpu_kernel) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
-  // Backward kernel: grad_activations and grad_gradients, each only where output_mask says so.
+  // Backward kernel, each output only where output_mask says so: grad_activations (B, C, *S) and
+  // the gradient of the gradients, which is constant over the spatial positions and so returned
+  // as its (B, C) values (the caller broadcasts it to (B, C, *S), as autograd's mean backward does).
   m.def(
       "cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
       "Tensor extremes, bool relu, str normalize, float eps, str gpu_kernel, bool[2] output_mask) "

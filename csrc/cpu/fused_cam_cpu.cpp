@@ -152,10 +152,11 @@ void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_
   }
 }
 
-// One (sample, channel block) of the backward: gA = w gs and gG = 1/P (A . gs), each if wanted.
+// One (sample, channel block) of the backward, each part only if wanted:
+//   gA[c,p] = w[c] gs[p]  and  gw[c] = 1/P sum_p A[c,p] gs[p]  (gG[c,p] = gw[c] for every p).
 template <typename scalar_t, typename acc_t>
 void backward_block(const CamShape& shape, const scalar_t* a, const acc_t* w, const acc_t* gs,
-                    int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gg) {
+                    int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gw) {
   const int64_t C = shape.C, P = shape.P;
   const acc_t inv_p = acc_t(1) / P;
   if (!shape.channels_last) {
@@ -164,24 +165,21 @@ void backward_block(const CamShape& shape, const scalar_t* a, const acc_t* w, co
         scalar_t* gac = ga + c * P;
         for (int64_t p = 0; p < P; ++p) gac[p] = static_cast<scalar_t>(w[c] * gs[p]);
       }
-      if (gg) std::fill(gg + c * P, gg + (c + 1) * P, static_cast<scalar_t>(lane_dot(a + c * P, gs, P) * inv_p));
+      if (gw) gw[c] = static_cast<scalar_t>(lane_dot(a + c * P, gs, P) * inv_p);
     }
   } else {
     const int64_t n = c1 - c0;
-    std::vector<acc_t> dot(gg ? n : 0, acc_t(0));
-    for (int64_t p = 0; gg && p < P; ++p) {
-      const scalar_t* ap = a + p * C + c0;
-      for (int64_t i = 0; i < n; ++i) dot[i] += static_cast<acc_t>(ap[i]) * gs[p];
+    if (gw) {
+      std::vector<acc_t> dot(n, acc_t(0));
+      for (int64_t p = 0; p < P; ++p) {
+        const scalar_t* ap = a + p * C + c0;
+        for (int64_t i = 0; i < n; ++i) dot[i] += static_cast<acc_t>(ap[i]) * gs[p];
+      }
+      for (int64_t i = 0; i < n; ++i) gw[c0 + i] = static_cast<scalar_t>(dot[i] * inv_p);
     }
-    for (int64_t p = 0; p < P; ++p) {
-      if (ga) {
-        scalar_t* gap = ga + p * C + c0;
-        for (int64_t i = 0; i < n; ++i) gap[i] = static_cast<scalar_t>(w[c0 + i] * gs[p]);
-      }
-      if (gg) {
-        scalar_t* ggp = gg + p * C + c0;
-        for (int64_t i = 0; i < n; ++i) ggp[i] = static_cast<scalar_t>(dot[i] * inv_p);
-      }
+    for (int64_t p = 0; ga && p < P; ++p) {
+      scalar_t* gap = ga + p * C + c0;
+      for (int64_t i = 0; i < n; ++i) gap[i] = static_cast<scalar_t>(w[c0 + i] * gs[p]);
     }
   }
 }
@@ -246,19 +244,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
   return {y, w, s, ext};
 }
 
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cam_backward_cpu(
-    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
-    const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
-    double eps, c10::string_view /*gpu_kernel*/, std::array<bool, 2> output_mask) {
-  const Normalize norm = parse_normalize(normalize);
-  const CamShape shape = check_cam_inputs(activations, activations);
-  check_saved(shape, grad_map, weights, scores, extremes);
-  const at::Tensor a = to_layout(activations, shape.channels_last);
-  std::optional<at::Tensor> ga, gg;
-  if (output_mask[0]) ga = at::empty_like(a);
-  if (output_mask[1]) gg = at::empty_like(a);
-  if (a.numel() == 0 || !(output_mask[0] || output_mask[1])) return {ga, gg};
-
+void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& grad_map,
+                  const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes,
+                  bool relu, Normalize norm, double eps, std::optional<at::Tensor>& ga,
+                  std::optional<at::Tensor>& gw) {
   const at::Tensor gy = grad_map.contiguous();
   const at::Tensor w = weights.contiguous(), s = scores.contiguous(), ext = extremes.contiguous();
   at::Tensor gs = at::empty_like(s);
@@ -278,13 +267,29 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cam_backward_cp
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const acc_t* w_ptr = w.const_data_ptr<acc_t>();
     scalar_t* ga_ptr = ga ? ga->mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gg_ptr = gg ? gg->mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gw_ptr = gw ? gw->mutable_data_ptr<scalar_t>() : nullptr;
     for_each_block(shape, channel_blocks(shape), [&](int64_t b, int64_t, int64_t c0, int64_t c1) {
       backward_block(shape, a_ptr + b * CP, w_ptr + b * shape.C, gs_ptr + b * P, c0, c1,
-                     ga_ptr ? ga_ptr + b * CP : nullptr, gg_ptr ? gg_ptr + b * CP : nullptr);
+                     ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? gw_ptr + b * shape.C : nullptr);
     });
   });
-  return {ga, gg};
+}
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cam_backward_cpu(
+    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
+    const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
+    double eps, c10::string_view /*gpu_kernel*/, std::array<bool, 2> output_mask) {
+  const Normalize norm = parse_normalize(normalize);
+  const CamShape shape = check_cam_inputs(activations, activations);
+  check_saved(shape, grad_map, weights, scores, extremes);
+  const at::Tensor a = to_layout(activations, shape.channels_last);
+  std::optional<at::Tensor> ga, gw;
+  if (output_mask[0]) ga = at::empty_like(a);
+  if (output_mask[1]) gw = at::empty({shape.B, shape.C}, a.options());
+  if (a.numel() != 0 && (output_mask[0] || output_mask[1])) {
+    run_backward(shape, a, grad_map, weights, scores, extremes, relu, norm, eps, ga, gw);
+  }
+  return {ga, gw};
 }
 
 }  // namespace

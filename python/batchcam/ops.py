@@ -83,7 +83,9 @@ def _cam_forward_fake(activations, gradients, relu, normalize, eps, gpu_kernel):
 @torch.library.register_fake("batchcam::cam_backward")
 def _cam_backward_fake(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
                        gpu_kernel, output_mask):
-    return tuple(torch.empty_like(activations) if m else None for m in output_mask)
+    grad_a = torch.empty_like(activations) if output_mask[0] else None
+    grad_g_channels = activations.new_empty(activations.shape[:2]) if output_mask[1] else None
+    return grad_a, grad_g_channels
 
 
 # --- Autograd -----------------------------------------------------------------------------------
@@ -104,9 +106,13 @@ def _backward(ctx, grad_map, _grad_weights, _grad_scores, _grad_extremes):
     output_mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
     if grad_map is None or not any(output_mask):
         return None, None, None, None, None, None
-    grad_a, grad_g = torch.ops.batchcam.cam_backward(
+    grad_a, grad_g_channels = torch.ops.batchcam.cam_backward(
         grad_map, activations, weights, scores, extremes, *ctx.params, output_mask
     )
+    grad_g = None
+    if grad_g_channels is not None:  # gG[b, c, p] = gw[b, c]: a broadcast view, never written out
+        ones = (1,) * (activations.dim() - 2)
+        grad_g = grad_g_channels.view(*grad_g_channels.shape, *ones).expand(activations.shape)
     return grad_a, grad_g, None, None, None, None
 
 

@@ -1,0 +1,128 @@
+"""fused_cam against the eager reference and torch.compile of the reference, in one process.
+
+For each shape: forward (no grad) and forward+backward (autograd.grad of the map with respect to
+both inputs), median of many runs. The bytes floor is 2 passes over B*C*P elements for the
+forward and 5 for forward+backward (DESIGN.md section 3), at the copy bandwidth measured here.
+
+    python benchmarks/bench_op.py                      # CPU, shapes scaled to 2 cores
+    python benchmarks/bench_op.py --device cuda        # GPU: every GPU kernel built
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import batchcam  # noqa: E402
+from batchcam.backend import GPU_KERNELS  # noqa: E402
+from common import copy_bandwidth, machine, measure, write_result  # noqa: E402
+
+# (B, C, H, W, dtype, channels_last): DESIGN.md section 6, plus B = 8 and channels-last on GPU.
+GPU_SHAPES = [
+    (1024, 64, 7, 7, torch.float32, False),
+    (256, 512, 7, 7, torch.float32, False),
+    (256, 2048, 7, 7, torch.float32, False),
+    (64, 256, 56, 56, torch.float32, False),
+    (256, 2048, 7, 7, torch.bfloat16, False),
+    (8, 2048, 14, 14, torch.float32, False),
+    (64, 256, 56, 56, torch.float32, True),
+]
+# The same shape classes at a quarter of the batch (64, 256, 56, 56 at 16), so that the eager
+# forward+backward of the largest fits a few seconds on 2 cores.
+CPU_SHAPES = [
+    (256, 64, 7, 7, torch.float32, False),
+    (64, 512, 7, 7, torch.float32, False),
+    (64, 2048, 7, 7, torch.float32, False),
+    (16, 256, 56, 56, torch.float32, False),
+    (64, 2048, 7, 7, torch.bfloat16, False),
+    (1, 2048, 14, 14, torch.float32, False),
+    (16, 256, 56, 56, torch.float32, True),
+]
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+
+
+def make(shape, device):
+    B, C, H, W, dtype, channels_last = shape
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, g = (torch.randn(B, C, H, W, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    if channels_last:
+        a, g = (t.contiguous(memory_format=torch.channels_last) for t in (a, g))
+    gy = torch.randn(B, H, W, device=device, dtype=dtype, generator=gen)
+    return a, g, gy
+
+
+def forward_and_backward(fn, a, g, gy):
+    a, g = a.requires_grad_(), g.requires_grad_()
+
+    def run():
+        return torch.autograd.grad(fn(a, g), (a, g), gy)
+
+    return run
+
+
+def time_shape(shape, device, kernels, budget_s):
+    a, g, gy = make(shape, device)
+    compiled = torch.compile(batchcam.fused_cam_reference, dynamic=False)
+    candidates = {f"fused:{k}": (lambda k: lambda x, y: batchcam.fused_cam(x, y, backend=k))(k) for k in kernels}
+    candidates["eager"] = batchcam.fused_cam_reference
+    candidates["compile"] = compiled
+    times = {}
+    for name, fn in candidates.items():
+        with torch.no_grad():
+            times[name, "fwd"] = measure(lambda: fn(a, g), device, budget_s=budget_s)
+        times[name, "fwd+bwd"] = measure(forward_and_backward(fn, a.detach(), g.detach(), gy), device,
+                                         budget_s=budget_s)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--budget", type=float, default=None, help="seconds of runs per measurement")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="also write the result files here")
+    parser.add_argument("--quick", action="store_true", help="first two shapes only (smoke test)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        shapes, budget = GPU_SHAPES, args.budget or 0.5
+        kernels = ["triton"] + (["cuda"] if batchcam.ops._cuda_kernels_built() else [])
+    else:
+        shapes, budget, kernels = CPU_SHAPES, args.budget or 2.0, ["fused"]
+    shapes = shapes[:2] if args.quick else shapes
+    bandwidth = copy_bandwidth(device)
+    info = machine(device)
+    print(f"{info['device']}: copy bandwidth {bandwidth / 1e9:.1f} GB/s; torch {info['torch']}")
+
+    header = ["shape (B,C,H,W)", "dtype", "layout", "pass", "floor us"]
+    header += [f"{k} us" for k in kernels] + ["eager us", "compile us"]
+    header += ["floor/fused", "eager/fused", "compile/fused"] + (["faster kernel"] if len(kernels) > 1 else [])
+    rows = []
+    for shape in shapes:
+        times = time_shape(shape, device, kernels, budget)
+        B, C, H, W, dtype, channels_last = shape
+        elements = B * C * H * W * torch.empty((), dtype=dtype).element_size()
+        for pass_name, passes in (("fwd", 2), ("fwd+bwd", 5)):
+            floor = passes * elements / bandwidth
+            fused = {k: times[f"fused:{k}", pass_name] for k in kernels}
+            best = min(fused, key=fused.get)
+            row = [f"{B},{C},{H},{W}", DTYPE_NAMES[dtype], "NHWC" if channels_last else "NCHW", pass_name,
+                   f"{floor * 1e6:.1f}"]
+            row += [f"{fused[k] * 1e6:.1f}" for k in kernels]
+            row += [f"{times['eager', pass_name] * 1e6:.1f}", f"{times['compile', pass_name] * 1e6:.1f}"]
+            row += [f"{floor / fused[best]:.2f}", f"{times['eager', pass_name] / fused[best]:.2f}",
+                    f"{times['compile', pass_name] / fused[best]:.2f}"]
+            row += [best] if len(kernels) > 1 else []
+            rows.append(row)
+            print(" | ".join(row), flush=True)
+    table, paths = write_result("bench_op", info, header, rows,
+                                {"copy_bandwidth_GBps": bandwidth / 1e9, "kernels": kernels}, args.out)
+    print(f"\n{info['device']}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, commit {info['commit']}\n")
+    print(table)
+    print("\nwritten: " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Shared by the benchmark scripts: timing, copy bandwidth, the machine record, result files."""
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn, device, reps=None, warmup=3, budget_s=2.0):
+    """Median wall time of fn() in seconds over `reps` runs (default: as many as fit `budget_s`,
+    between 10 and 200). Each run is synchronised on CUDA; on CUDA the cache is not flushed, so
+    shapes that fit L2 are timed warm (as in training loops)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    if reps is None:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        once = max(time.perf_counter() - start, 1e-6)
+        reps = int(min(200, max(10, budget_s / once)))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, nbytes=1 << 28):
+    """Bytes per second of a device-to-same-device copy (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    seconds = measure(lambda: dst.copy_(src), device, reps=20)
+    return 2 * nbytes / seconds
+
+
+def machine(device):
+    """Card or CPU name, versions, date and commit for the result file."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name() + f" ({torch.get_num_threads()} threads)"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(RESULTS)).stdout.strip() or "unknown"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+    }
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(stem, info, header, rows, extra=None, out_dir=None):
+    """Writes <stem>-<device>-<date>.json and .md under benchmarks/results/ (and `out_dir`)."""
+    tag = "cpu" if "threads)" in info["device"] else info["device"].replace("NVIDIA ", "").split()[0]
+    name = f"{stem}-{tag.lower()}-{info['date'][:10]}"
+    table = markdown_table(header, rows)
+    record = {"machine": info, "header": header, "rows": rows, **(extra or {})}
+    paths = []
+    for folder in filter(None, (RESULTS, out_dir)):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name + ".json"), "w") as f:
+            json.dump(record, f, indent=1)
+        with open(os.path.join(folder, name + ".md"), "w") as f:
+            f.write(f"# {stem}\n\n" + "\n".join(f"- {k}: {v}" for k, v in info.items()) + "\n\n" + table + "\n")
+        paths.append(os.path.join(folder, name + ".md"))
+    return table, paths
