@@ -28,6 +28,7 @@ namespace batchcam {
 namespace {
 
 constexpr int64_t kLanes = 16;
+constexpr int64_t kUnroll = 4;
 constexpr int64_t kMinChannelsPerBlock = 16;
 constexpr int64_t kTargetTasks = 32;
 
@@ -37,18 +38,26 @@ int64_t channel_blocks(const CamShape& shape) {
   return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(shape.C / kMinChannelsPerBlock, 1));
 }
 
-// sum_i term(i), kept in kLanes interleaved partial sums combined in a fixed order.
-template <typename acc_t, typename Term>
-acc_t lane_reduce(int64_t n, const Term& term) {
-  std::array<acc_t, kLanes> lanes{};
+// sum_i term(i), kept in `Lanes` interleaved partial sums combined in a fixed order.
+template <int64_t Lanes, typename acc_t, typename Term>
+acc_t lane_reduce_n(int64_t n, const Term& term) {
+  std::array<acc_t, Lanes> lanes{};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += term(i + l);
+  for (; i + Lanes <= n; i += Lanes) {
+    for (int64_t l = 0; l < Lanes; ++l) lanes[l] += term(i + l);
   }
   for (int64_t l = 0; i < n; ++i, ++l) lanes[l] += term(i);
   acc_t total = 0;
   for (acc_t v : lanes) total += v;
   return total;
+}
+
+// Long rows get kUnroll times more partial sums (independent add chains, so the loop runs at
+// load speed rather than add latency); short rows fewer (less to combine at the end).
+template <typename acc_t, typename Term>
+acc_t lane_reduce(int64_t n, const Term& term) {
+  return n >= 4 * kLanes * kUnroll ? lane_reduce_n<kLanes * kUnroll, acc_t>(n, term)
+                                   : lane_reduce_n<kLanes, acc_t>(n, term);
 }
 
 template <typename acc_t, typename scalar_t>
