@@ -4,6 +4,8 @@ A kernel's error against the float64 reference must stay within K times the erro
 composition run in the kernel's dtype (flash-attention's rule), plus a small dtype floor relative
 to the magnitude of the result.
 """
+import contextlib
+
 import torch
 
 from batchcam import fused_cam_reference
@@ -74,3 +76,16 @@ def check_against_reference(fn, a, g, seed=1, **kw):
         if exp is not None:
             assert_close(got, exp, same, name)
     return y, grads
+
+
+@contextlib.contextmanager
+def triton_kernels_on_cpu():
+    """Runs the op's CPU dispatch through the Triton kernels (in Triton's interpreter, which
+    conftest.py turns on without a GPU): the whole op path (checks, autograd, broadcast of the
+    gradient of the gradients) with the Triton kernels, on a machine without a GPU."""
+    import batchcam.ops
+
+    with torch.library._scoped_library("batchcam", "IMPL") as lib:
+        lib.impl("cam_forward", batchcam.ops._cam_forward_cuda, "CPU")
+        lib.impl("cam_backward", batchcam.ops._cam_backward_cuda, "CPU")
+        yield

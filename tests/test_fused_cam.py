@@ -6,9 +6,12 @@ import pytest
 import torch
 
 import batchcam
-from helpers import DTYPES, assert_close, check_against_reference, make_inputs, to64
+from helpers import DTYPES, assert_close, check_against_reference, make_inputs, to64, triton_kernels_on_cpu
 
-BACKENDS = [pytest.param("cpu", "fused", id="cpu")] + [
+BACKENDS = [
+    pytest.param("cpu", "fused", id="cpu"),
+    pytest.param("cpu", "triton", id="cpu-triton-interpreter"),
+] + [
     pytest.param("cuda", kernel, id=f"cuda-{kernel}", marks=pytest.mark.gpu)
     for kernel in ("triton", "cuda")
 ]
@@ -22,6 +25,18 @@ SHAPES = [
     (3, 40, 17),  # 3-D (B, C, N)
     (2, 8, 3, 4, 5),  # 5-D volumes
 ]
+
+
+@pytest.fixture(autouse=True)
+def _triton_interpreter_on_cpu(request):
+    """For the ("cpu", "triton") cases, the op's CPU kernels are the Triton ones, interpreted."""
+    params = getattr(request.node, "callspec", None)
+    params = params.params if params else {}
+    if params.get("device") == "cpu" and params.get("backend") == "triton":
+        with triton_kernels_on_cpu():
+            yield
+    else:
+        yield
 
 
 def op_for(device, backend):

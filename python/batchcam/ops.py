@@ -55,9 +55,11 @@ def fused_cam_op(activations, gradients, relu, normalize, eps, kernel):
     return torch.ops.batchcam.cam_forward(activations, gradients, relu, normalize, eps, kernel)[0]
 
 
-@torch.library.impl("batchcam::fused_cam", "CompositeImplicitAutograd")
 def _fused_cam_composite(activations, gradients, relu=True, normalize="minmax", eps=1e-7):
     return fused_cam_op(activations, gradients, relu, normalize, eps, gpu_kernel(get_backend()))
+
+
+torch.library.impl("batchcam::fused_cam", "CompositeImplicitAutograd", _fused_cam_composite)
 
 
 # --- Fake kernels -------------------------------------------------------------------------------
@@ -147,7 +149,6 @@ def _require_cuda_kernels():
         )
 
 
-@torch.library.impl("batchcam::cam_forward", "CUDA")
 def _cam_forward_cuda(activations, gradients, relu, normalize, eps, gpu_kernel):
     if gpu_kernel == "cuda":
         _require_cuda_kernels()
@@ -157,7 +158,6 @@ def _cam_forward_cuda(activations, gradients, relu, normalize, eps, gpu_kernel):
     return cam_forward(activations, gradients, relu, normalize, eps)
 
 
-@torch.library.impl("batchcam::cam_backward", "CUDA")
 def _cam_backward_cuda(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
                        gpu_kernel, output_mask):
     if gpu_kernel == "cuda":
@@ -169,3 +169,7 @@ def _cam_backward_cuda(grad_map, activations, weights, scores, extremes, relu, n
 
     return cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
                         output_mask)
+
+
+torch.library.impl("batchcam::cam_forward", "CUDA", _cam_forward_cuda)
+torch.library.impl("batchcam::cam_backward", "CUDA", _cam_backward_cuda)

@@ -1,0 +1,331 @@
+"""Triton kernels of the batched Grad-CAM map, forward and backward (DESIGN.md section 3).
+
+Motivation. The plain-PyTorch composition launches a kernel per line and materialises the
+B x C x P product `w * A`; autograd through it adds as many again. Per sample b, with P spatial
+positions and C channels, the map is
+
+    w[c] = 1/P sum_p G[c,p]            s[p] = sum_c w[c] A[c,p]          r = relu(s)
+    y    = (r - min r) / (max r - min r + eps)      (or r / (max r + eps), or r)
+
+and its vector-Jacobian product, given gy:
+
+    gr = gy / d + [r = min] g_lo / n_lo + [r = max] g_hi / n_hi     (ties share evenly)
+    gs = gr * [s > 0]        gA[c,p] = w[c] gs[p]        gG[c,p] = gw[c] = 1/P sum_p A[c,p] gs[p]
+
+Bytes. The forward reads A and G once (2 B*C*P elements) and writes O(B*(C+P)); the backward
+reads A once and writes gA (2 B*C*P); gG, constant over p, is returned as its B x C values
+(`gw`) and broadcast by the caller. Splitting the channel reduction of s across programs (so
+that small batches still fill the GPU) writes per-split partial sums that a second kernel adds
+in a fixed order: no atomics, bitwise reproducible results.
+
+Layout. A sample is read through (stride_c, stride_p): (P, 1) for contiguous inputs and (1, C)
+for channels-last ones, so both are read in place; offsets are int64.
+"""
+import torch
+import triton
+import triton.language as tl
+
+MINMAX, MAX, NONE = 0, 1, 2
+NORMALIZE_CODES = {"minmax": MINMAX, "max": MAX, "none": NONE}
+
+
+# --- Kernels ------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Channels, positions, int64 element offsets and mask of one BLOCK_C x BLOCK_P tile."""
+    cs = c0 + tl.arange(0, BLOCK_C)
+    ps = p0 + tl.arange(0, BLOCK_P)
+    offsets = cs[:, None].to(tl.int64) * stride_c + ps[None, :].to(tl.int64) * stride_p
+    mask = (cs < c_end)[:, None] & (ps < P)[None, :]
+    return cs, ps, offsets, mask
+
+
+@triton.jit
+def _forward_partial_kernel(
+    A,  # activations (B, C, P) at (stride_b, stride_c, stride_p)
+    G,  # gradients, same shape and strides
+    W,  # out: channel weights (B, C), ACC dtype
+    S_PART,  # out: partial scores (B, SPLITS, P) of each channel split, ACC dtype
+    C, P, stride_b, stride_c, stride_p, channels_per_split,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    c_start = split * channels_per_split
+    c_end = tl.minimum(c_start + channels_per_split, C)
+    a_sample = A + b * stride_b
+    g_sample = G + b * stride_b
+    w_sample = W + b * C
+
+    # w[c] = 1/P sum_p G[c, p] for this split's channels
+    for c0 in range(c_start, c_end, BLOCK_C):
+        w = tl.zeros([BLOCK_C], dtype=ACC)
+        for p0 in range(0, P, BLOCK_P):
+            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+            w += tl.sum(tl.load(g_sample + offsets, mask=mask, other=0).to(ACC), axis=1)
+        cs = c0 + tl.arange(0, BLOCK_C)
+        tl.store(w_sample + cs, w / P, mask=cs < c_end)
+    tl.debug_barrier()  # the weights just stored are read back below by other threads
+
+    # s[p] = sum_c w[c] A[c, p] over this split's channels
+    for p0 in range(0, P, BLOCK_P):
+        s = tl.zeros([BLOCK_P], dtype=ACC)
+        for c0 in range(c_start, c_end, BLOCK_C):
+            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+            w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
+            a = tl.load(a_sample + offsets, mask=mask, other=0).to(ACC)
+            s += tl.sum(w[:, None] * a, axis=0)
+        ps = p0 + tl.arange(0, BLOCK_P)
+        tl.store(S_PART + (b * tl.num_programs(1) + split) * P + ps, s, mask=ps < P)
+
+
+@triton.jit
+def _rectify(s, RELU: tl.constexpr):
+    """relu that keeps NaN, as torch.relu does."""
+    if RELU:
+        return tl.where((s > 0) | (s != s), s, 0.0)
+    return s
+
+
+@triton.jit
+def _normaliser(lo, hi, eps, NORMALIZE: tl.constexpr):
+    """(shift, divisor) of the normalisation y = (r - shift) / divisor."""
+    if NORMALIZE == 0:  # minmax
+        return lo, hi - lo + eps
+    if NORMALIZE == 1:  # max
+        return 0.0 * lo, hi + eps
+    return 0.0 * lo, 1.0 + 0.0 * lo
+
+
+@triton.jit
+def _forward_finish_kernel(
+    S_PART,  # partial scores (B, SPLITS, P)
+    S,  # out: scores (B, P), ACC dtype
+    EXT,  # out: (min, max) of the rectified scores (B, 2), ACC dtype
+    Y,  # out: map (B, P), dtype of the activations
+    SPLITS, P, eps,
+    RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    lo = tl.full([BLOCK_P], float("inf"), ACC)
+    hi = tl.full([BLOCK_P], float("-inf"), ACC)
+    nan = tl.zeros([BLOCK_P], dtype=tl.int32)
+    # s = sum of the split partials, in split order; running extremes of r = relu(s)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        mask = ps < P
+        s = tl.zeros([BLOCK_P], dtype=ACC)
+        for split in range(0, SPLITS):
+            s += tl.load(S_PART + (b * SPLITS + split) * P + ps, mask=mask, other=0)
+        tl.store(S + b * P + ps, s, mask=mask)
+        r = _rectify(s, RELU)
+        lo = tl.minimum(lo, tl.where(mask, r, float("inf")))
+        hi = tl.maximum(hi, tl.where(mask, r, float("-inf")))
+        nan += (mask & (r != r)).to(tl.int32)
+    has_nan = tl.sum(nan, axis=0) > 0
+    lo_b = tl.where(has_nan, float("nan"), tl.min(lo, axis=0))
+    hi_b = tl.where(has_nan, float("nan"), tl.max(hi, axis=0))
+    tl.store(EXT + 2 * b, lo_b)
+    tl.store(EXT + 2 * b + 1, hi_b)
+    shift, divisor = _normaliser(lo_b, hi_b, eps, NORMALIZE)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        r = _rectify(tl.load(S + b * P + ps, mask=ps < P, other=0), RELU)
+        y = (r - shift) / divisor
+        tl.store(Y + b * P + ps, y.to(Y.dtype.element_ty), mask=ps < P)
+
+
+@triton.jit
+def _score_grad_kernel(
+    GY,  # gradient of the map (B, P)
+    S,  # scores saved by the forward (B, P)
+    EXT,  # extremes saved by the forward (B, 2)
+    GS,  # out: gradient of the scores (B, P), ACC dtype
+    P, eps,
+    RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    lo = tl.load(EXT + 2 * b)
+    hi = tl.load(EXT + 2 * b + 1)
+    shift, d = _normaliser(lo, hi, eps, NORMALIZE)
+    g_lo = 0.0 * lo
+    g_hi = 0.0 * lo
+    if NORMALIZE != 2:
+        sum_gy = tl.zeros([BLOCK_P], dtype=ACC)
+        sum_gy_y = tl.zeros([BLOCK_P], dtype=ACC)
+        n_lo = tl.zeros([BLOCK_P], dtype=tl.int32)
+        n_hi = tl.zeros([BLOCK_P], dtype=tl.int32)
+        for p0 in range(0, P, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            mask = ps < P
+            r = _rectify(tl.load(S + b * P + ps, mask=mask, other=0), RELU)
+            gy = tl.load(GY + b * P + ps, mask=mask, other=0).to(ACC)
+            sum_gy += gy
+            sum_gy_y += gy * ((r - shift) / d)
+            n_lo += (mask & (r == lo)).to(tl.int32)
+            n_hi += (mask & (r == hi)).to(tl.int32)
+        total_gy_y = tl.sum(sum_gy_y, axis=0)
+        # dy_p/dhi = -y_p / d;  dy_p/dlo = (y_p - 1) / d (minmax); ties share evenly
+        g_hi = -total_gy_y / d / tl.maximum(tl.sum(n_hi, axis=0), 1)
+        if NORMALIZE == 0:
+            g_lo = (total_gy_y - tl.sum(sum_gy, axis=0)) / d / tl.maximum(tl.sum(n_lo, axis=0), 1)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        mask = ps < P
+        s = tl.load(S + b * P + ps, mask=mask, other=0)
+        r = _rectify(s, RELU)
+        gr = tl.load(GY + b * P + ps, mask=mask, other=0).to(ACC) / d
+        gr += tl.where(r == lo, g_lo, 0.0) + tl.where(r == hi, g_hi, 0.0)
+        if RELU:
+            gr = tl.where(s > 0, gr, 0.0)
+        tl.store(GS + b * P + ps, gr, mask=mask)
+
+
+@triton.jit
+def _backward_kernel(
+    A,  # activations (B, C, P) at (stride_b, stride_c, stride_p)
+    W,  # channel weights (B, C)
+    GS,  # gradient of the scores (B, P)
+    GA,  # out: gradient of the activations, same strides as A (if WRITE_GA)
+    GW,  # out: gradient of the gradients per channel (B, C), dtype of A (if WRITE_GW)
+    C, P, stride_b, stride_c, stride_p, channels_per_split,
+    WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    c_start = tl.program_id(1) * channels_per_split
+    c_end = tl.minimum(c_start + channels_per_split, C)
+    # gA[c, p] = w[c] gs[p];  gw[c] = 1/P sum_p A[c, p] gs[p]
+    for c0 in range(c_start, c_end, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        w = tl.load(W + b * C + cs, mask=cs < c_end, other=0)
+        gw = tl.zeros([BLOCK_C], dtype=ACC)
+        for p0 in range(0, P, BLOCK_P):
+            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+            gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
+            if WRITE_GA:
+                ga = w[:, None] * gs[None, :]
+                tl.store(GA + b * stride_b + offsets, ga.to(GA.dtype.element_ty), mask=mask)
+            if WRITE_GW:
+                a = tl.load(A + b * stride_b + offsets, mask=mask, other=0).to(ACC)
+                gw += tl.sum(a * gs[None, :], axis=1)
+        if WRITE_GW:
+            tl.store(GW + b * C + cs, (gw / P).to(GW.dtype.element_ty), mask=cs < c_end)
+
+
+# --- Launch configuration -----------------------------------------------------------------------
+
+
+def launch_config(B, C, P, channels_last, device):
+    """Tile sizes, channel splits per sample and warps: the one place launch heuristics live.
+
+    Tiles run along the contiguous axis (positions for NCHW, channels for NHWC) and hold about
+    4096 elements. The channel reduction is split across programs until about 4 programs per SM
+    run (each split keeping at least a few tiles of channels); on CPU (Triton's interpreter) one
+    program per sample and split keeps the grid small.
+    """
+    tile = 4096
+    if channels_last:
+        block_c = min(triton.next_power_of_2(C), 256)
+        block_p = max(tile // block_c, 1)
+        block_p = min(block_p, triton.next_power_of_2(P))
+    else:
+        block_p = min(triton.next_power_of_2(P), 1024)
+        block_c = min(max(tile // block_p, 1), triton.next_power_of_2(C))
+    if device.type == "cuda":
+        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        max_splits = max(triton.cdiv(C, 4 * block_c), 1)
+        splits = min(max(triton.cdiv(programs, B), 1), max_splits)
+    else:
+        splits = min(2, triton.cdiv(C, block_c))
+    channels_per_split = triton.cdiv(triton.cdiv(C, splits), block_c) * block_c
+    splits = triton.cdiv(C, channels_per_split)
+    return block_c, block_p, splits, channels_per_split, 8 if block_c * block_p >= 4096 else 4
+
+
+def _finish_block(P):
+    return min(triton.next_power_of_2(P), 4096)
+
+
+# --- Entry points: plain functions over tensors -------------------------------------------------
+
+
+def _is_channels_last_dense(t):
+    return t.movedim(1, -1).is_contiguous()
+
+
+def _prepare(activations):
+    """(channels_last, strides (b, c, p)) of the layout the kernels read the activations in."""
+    B, C = activations.shape[:2]
+    P = activations[0, 0].numel() if B * C else 1
+    channels_last = not activations.is_contiguous() and _is_channels_last_dense(activations)
+    strides = (C * P, 1, C) if channels_last else (C * P, P, 1)
+    return channels_last, B, C, P, strides
+
+
+def _to_layout(t, channels_last):
+    if not channels_last:
+        return t.contiguous()
+    return t if _is_channels_last_dense(t) else t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def cam_forward(activations, gradients, relu, normalize, eps):
+    """Map (B, *S), weights (B, C), scores (B, P) and extremes (B, 2) of `fused_cam`."""
+    channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
+    a = _to_layout(activations, channels_last)
+    g = _to_layout(gradients, channels_last)
+    acc = _acc_dtype(a.dtype)
+    y = torch.empty((B, *a.shape[2:]), dtype=a.dtype, device=a.device)
+    w = torch.empty((B, C), dtype=acc, device=a.device)
+    s = torch.empty((B, P), dtype=acc, device=a.device)
+    ext = torch.empty((B, 2), dtype=acc, device=a.device)
+    if a.numel() == 0:
+        return y, w.zero_(), s, ext.zero_()
+    block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
+    s_part = torch.empty((B, splits, P), dtype=acc, device=a.device)
+    _forward_partial_kernel[(B, splits)](
+        a, g, w, s_part, C, P, stride_b, stride_c, stride_p, per_split,
+        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), num_warps=warps,
+    )
+    _forward_finish_kernel[(B,)](
+        s_part, s, ext, y, splits, P, eps,
+        RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], BLOCK_P=_finish_block(P),
+        ACC=_tl_acc(a.dtype), num_warps=4,
+    )
+    return y, w, s, ext
+
+
+def cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask):
+    """(gA (B, C, *S) or None, gw (B, C) or None): gradients of `fused_cam`'s map with respect to
+    the activations and, as per-channel values, the gradients."""
+    channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
+    a = _to_layout(activations, channels_last)
+    ga = torch.empty_like(a) if output_mask[0] else None
+    gw = torch.empty((B, C), dtype=a.dtype, device=a.device) if output_mask[1] else None
+    if a.numel() == 0 or not any(output_mask):
+        return ga, gw
+    acc = _acc_dtype(a.dtype)
+    gs = torch.empty((B, P), dtype=acc, device=a.device)
+    _score_grad_kernel[(B,)](
+        grad_map.contiguous(), scores.contiguous(), extremes.contiguous(), gs, P, eps,
+        RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], BLOCK_P=_finish_block(P),
+        ACC=_tl_acc(a.dtype), num_warps=4,
+    )
+    block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
+    _backward_kernel[(B, splits)](
+        a, weights.contiguous(), gs, ga if ga is not None else a, gw if gw is not None else weights,
+        C, P, stride_b, stride_c, stride_p, per_split,
+        WRITE_GA=ga is not None, WRITE_GW=gw is not None,
+        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), num_warps=warps,
+    )
+    return ga, gw
