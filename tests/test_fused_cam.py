@@ -145,9 +145,11 @@ def test_empty_batch(device, backend):
 def test_gradcheck(device, backend, normalize, relu):
     a, g = make_inputs((2, 5, 3, 4), torch.float64, device, requires_grad=True)
     fn = functools.partial(batchcam.fused_cam, normalize=normalize, relu=relu, backend=backend)
-    assert torch.autograd.gradcheck(fn, (a, g))
-    assert torch.autograd.gradcheck(lambda x: fn(x, g.detach()), (a,))
-    assert torch.autograd.gradcheck(lambda x: fn(a.detach(), x), (g,))
+    # Triton's interpreter runs a kernel in milliseconds: check random projections of the Jacobian
+    fast = device == "cpu" and backend == "triton"
+    assert torch.autograd.gradcheck(fn, (a, g), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x: fn(x, g.detach()), (a,), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x: fn(a.detach(), x), (g,), fast_mode=fast)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
