@@ -1,0 +1,106 @@
+// Torch glue of the CUDA kernels: checks, layout, allocation, device guard, stream and launch
+// check around the launchers of fused_cam_kernels.cu (which know nothing of torch).
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+
+#include "../fused_cam.h"
+#include "fused_cam_kernels.h"
+
+namespace batchcam {
+namespace {
+
+cuda::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return cuda::DType::Float16;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    case at::kFloat: return cuda::DType::Float32;
+    case at::kDouble: return cuda::DType::Float64;
+    default: TORCH_CHECK(false, "fused_cam: unsupported dtype ", t);
+  }
+}
+
+cuda::CamOptions kernel_options(bool relu, c10::string_view normalize, double eps) {
+  const Normalize norm = parse_normalize(normalize);
+  const auto code = norm == Normalize::MinMax ? cuda::Normalize::MinMax
+                    : norm == Normalize::Max  ? cuda::Normalize::Max
+                                              : cuda::Normalize::None;
+  return {relu, code, eps};
+}
+
+cuda::CamProblem kernel_problem(const CamShape& shape, const at::Tensor& a) {
+  TORCH_CHECK(shape.C * shape.P < (int64_t(1) << 31), "fused_cam (cuda): one sample has ",
+              shape.C * shape.P, " elements; the CUDA kernel supports fewer than 2^31 per sample");
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device().index()));
+  return cuda::make_problem(shape.B, shape.C, shape.P, shape.channels_last, sms);
+}
+
+#define BATCHCAM_CHECK_LAUNCH(call)                                                     \
+  do {                                                                                  \
+    const cudaError_t err = (call);                                                     \
+    TORCH_CHECK(err == cudaSuccess, "fused_cam (cuda): kernel launch failed: ",         \
+                cudaGetErrorString(err));                                               \
+  } while (0)
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_cam_forward(
+    const at::Tensor& activations, const at::Tensor& gradients, bool relu,
+    c10::string_view normalize, double eps) {
+  const cuda::CamOptions options = kernel_options(relu, normalize, eps);
+  const CamShape shape = check_cam_inputs(activations, gradients);
+  const c10::cuda::CUDAGuard guard(activations.device());
+  const at::Tensor a = to_layout(activations, shape.channels_last);
+  const at::Tensor g = to_layout(gradients, shape.channels_last);
+  auto map_shape = activations.sizes().slice(2).vec();
+  map_shape.insert(map_shape.begin(), shape.B);
+  const auto acc = a.options().dtype(a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  at::Tensor y = at::empty(map_shape, a.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor w = at::empty({shape.B, shape.C}, acc);
+  at::Tensor s = at::empty({shape.B, shape.P}, acc);
+  at::Tensor ext = at::empty({shape.B, 2}, acc);
+  if (a.numel() == 0) return {y, w.zero_(), s, ext.zero_()};
+  const cuda::CamProblem problem = kernel_problem(shape, a);
+  at::Tensor s_part = at::empty({shape.B, problem.splits, shape.P}, acc);
+  BATCHCAM_CHECK_LAUNCH(cuda::launch_cam_forward(
+      kernel_dtype(a.scalar_type()), a.const_data_ptr(), g.const_data_ptr(), y.mutable_data_ptr(),
+      w.mutable_data_ptr(), s.mutable_data_ptr(), ext.mutable_data_ptr(), s_part.mutable_data_ptr(),
+      problem, options, c10::cuda::getCurrentCUDAStream()));
+  return {y, w, s, ext};
+}
+
+std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cuda_cam_backward(
+    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
+    const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
+    double eps, std::array<bool, 2> output_mask) {
+  const cuda::CamOptions options = kernel_options(relu, normalize, eps);
+  const CamShape shape = check_cam_inputs(activations, activations);
+  check_saved(shape, grad_map, weights, scores, extremes);
+  const c10::cuda::CUDAGuard guard(activations.device());
+  const at::Tensor a = to_layout(activations, shape.channels_last);
+  std::optional<at::Tensor> ga, gw;
+  if (output_mask[0]) ga = at::empty_like(a);
+  if (output_mask[1]) gw = at::empty({shape.B, shape.C}, a.options());
+  if (a.numel() == 0 || !(output_mask[0] || output_mask[1])) return {ga, gw};
+  const cuda::CamProblem problem = kernel_problem(shape, a);
+  const at::Tensor gy = grad_map.contiguous(), w = weights.contiguous();
+  const at::Tensor s = scores.contiguous(), ext = extremes.contiguous();
+  at::Tensor gs = at::empty_like(s);
+  BATCHCAM_CHECK_LAUNCH(cuda::launch_cam_backward(
+      kernel_dtype(a.scalar_type()), gy.const_data_ptr(), a.const_data_ptr(), w.const_data_ptr(),
+      s.const_data_ptr(), ext.const_data_ptr(), gs.mutable_data_ptr(),
+      ga ? ga->mutable_data_ptr() : nullptr, gw ? gw->mutable_data_ptr() : nullptr, problem, options,
+      c10::cuda::getCurrentCUDAStream()));
+  return {ga, gw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(batchcam, CUDA, m) {
+  m.impl("cuda_cam_forward", &cuda_cam_forward);
+  m.impl("cuda_cam_backward", &cuda_cam_backward);
+}
+
+}  // namespace batchcam

@@ -1,0 +1,46 @@
+// Launchers of the CUDA kernels of fused_cam: plain pointers, sizes and a stream, no torch
+// headers, so that this interface and fused_cam_kernels.cu compile with nvcc alone.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace batchcam::cuda {
+
+enum class DType { Float16, BFloat16, Float32, Float64 };
+enum class Normalize { MinMax = 0, Max = 1, None = 2 };
+
+// B samples of C x P elements. Contiguous: element (c, p) of a sample at c * P + p;
+// channels-last: at p * C + c. Samples are C * P elements apart. The channel reduction of each
+// sample is split across `splits` blocks of `channels_per_split` channels.
+struct CamProblem {
+  int64_t B, C, P;
+  bool channels_last;
+  int64_t splits, channels_per_split;
+};
+
+struct CamOptions {
+  bool relu;
+  Normalize normalize;
+  double eps;
+};
+
+// Number of channel splits per sample for `sm_count` multiprocessors: enough blocks for about
+// four per SM, each split keeping at least kMinChannelsPerSplit channels.
+CamProblem make_problem(int64_t B, int64_t C, int64_t P, bool channels_last, int sm_count);
+
+// Forward. Inputs a, g (dtype); outputs y (B, P) in dtype; w (B, C), s (B, P), ext (B, 2) and the
+// workspace s_part (B, splits, P) in the accumulation type (double for Float64, else float).
+cudaError_t launch_cam_forward(DType dtype, const void* a, const void* g, void* y, void* w, void* s,
+                               void* ext, void* s_part, const CamProblem& problem,
+                               const CamOptions& options, cudaStream_t stream);
+
+// Backward. gy (B, P) in dtype; a, w, s, ext as saved by the forward; workspace gs (B, P) in the
+// accumulation type. Writes ga (same layout as a) and gw (B, C, dtype) where not null.
+cudaError_t launch_cam_backward(DType dtype, const void* gy, const void* a, const void* w,
+                                const void* s, const void* ext, void* gs, void* ga, void* gw,
+                                const CamProblem& problem, const CamOptions& options,
+                                cudaStream_t stream);
+
+}  // namespace batchcam::cuda
