@@ -12,29 +12,27 @@ import torch
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(fn, device, reps=None, warmup=3, budget_s=2.0):
-    """Median wall time of fn() in seconds over `reps` runs (default: as many as fit `budget_s`,
-    between 10 and 200). Each run is synchronised on CUDA; on CUDA the cache is not flushed, so
-    shapes that fit L2 are timed warm (as in training loops)."""
+    """Median time of fn() in seconds.
+
+    CUDA: triton.testing.do_bench (CUDA events, L2 flushed between runs, `budget_s` of runs).
+    CPU: wall time of `reps` runs (default: as many as fit `budget_s`, between 10 and 200).
+    """
+    if torch.device(device).type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=max(int(budget_s * 1000), 20), return_mode="median") / 1e3
     for _ in range(warmup):
         fn()
-    synchronize(device)
     if reps is None:
         start = time.perf_counter()
         fn()
-        synchronize(device)
         once = max(time.perf_counter() - start, 1e-6)
         reps = int(min(200, max(10, budget_s / once)))
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
-        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -7,8 +7,8 @@ import batchcam
 GOOD = (2, 3, 4, 5)
 
 
-def inputs(shape=GOOD, dtype=torch.float32):
-    return torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+def inputs(shape=GOOD, dtype=torch.float32, device="cpu"):
+    return torch.randn(shape, dtype=dtype, device=device), torch.randn(shape, dtype=dtype, device=device)
 
 
 @pytest.mark.parametrize("call", [
@@ -16,28 +16,29 @@ def inputs(shape=GOOD, dtype=torch.float32):
     lambda a, g, **kw: batchcam.fused_cam(a, g, backend="reference", **kw),
     lambda a, g, **kw: torch.ops.batchcam.fused_cam(a, g, **kw),
 ], ids=["fused", "reference", "torch.ops"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("case,error,message", [
     ("shape", ValueError, r"activations \(2, 3, 4, 5\) and gradients \(2, 3, 4, 6\) must have the same shape"),
     ("dims", ValueError, r"at least one spatial dim, got shape \(2, 3\)"),
     ("int", TypeError, r"one floating dtype .* got torch.int64 and torch.int64"),
     ("mixed", TypeError, r"got torch.float32 and torch.float64"),
-    ("device", ValueError, r"on cpu and gradients on meta must be on the same device"),
+    ("device", ValueError, r"on (cpu|cuda:0) and gradients on (meta|cpu) must be on the same device"),
     ("normalize", ValueError, r"normalize must be one of .* got 'softmax'"),
     ("eps", ValueError, r"eps must be >= 0, got -1"),
 ])
-def test_bad_input(call, case, error, message):
-    a, g = inputs()
+def test_bad_input(call, device, case, error, message):
+    a, g = inputs(device=device)
     kw = {}
     if case == "shape":
-        g = torch.randn(2, 3, 4, 6)
+        g = torch.randn(2, 3, 4, 6, device=device)
     elif case == "dims":
-        a, g = inputs((2, 3))
+        a, g = inputs((2, 3), device=device)
     elif case == "int":
-        a, g = (torch.ones(GOOD, dtype=torch.int64),) * 2
+        a, g = (torch.ones(GOOD, dtype=torch.int64, device=device),) * 2
     elif case == "mixed":
         g = g.double()
     elif case == "device":
-        g = g.to("meta")
+        g = g.to("meta") if device == "cpu" else g.cpu()
     elif case == "normalize":
         kw["normalize"] = "softmax"
     elif case == "eps":
