@@ -9,8 +9,11 @@
 //
 // Work is split into (sample, channel block) tasks run by at::parallel_for. The number of blocks
 // depends on the shape only, and partial sums are combined in a fixed order, so results are
-// bitwise reproducible whatever the thread count. Inner loops keep kLanes independent partial
-// sums so that -O3 vectorises them without reassociating floating-point additions.
+// bitwise reproducible whatever the thread count. Every reduction is one of two primitives over a
+// sample seen as rows of contiguous elements: rows_dot (a dot product per row, kept in kLanes
+// interleaved partial sums so that -O3 vectorises it without reassociating additions) and
+// rows_axpy (a weighted sum of rows, vectorised along the row). Both take kRows rows at a time:
+// independent add chains, and fewer passes over the accumulator.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -22,13 +25,17 @@
 #include <optional>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include "../fused_cam.h"
 
 namespace batchcam {
 namespace {
 
 constexpr int64_t kLanes = 16;
-constexpr int64_t kUnroll = 4;
+constexpr int64_t kRows = 4;
 constexpr int64_t kMinChannelsPerBlock = 16;
 constexpr int64_t kTargetTasks = 32;
 
@@ -38,36 +45,55 @@ int64_t channel_blocks(const CamShape& shape) {
   return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(shape.C / kMinChannelsPerBlock, 1));
 }
 
-// sum_i term(i), kept in `Lanes` interleaved partial sums combined in a fixed order.
-template <int64_t Lanes, typename acc_t, typename Term>
-acc_t lane_reduce_n(int64_t n, const Term& term) {
-  std::array<acc_t, Lanes> lanes{};
+// out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for R rows.
+template <bool HasY, int64_t R, typename acc_t, typename scalar_t, typename out_t>
+void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n, acc_t scale, out_t* out) {
+  acc_t lanes[R][kLanes] = {};
+  auto term = [&](int64_t r, int64_t i) {
+    const acc_t v = static_cast<acc_t>(x[r * stride + i]);
+    if constexpr (HasY) return v * y[i];
+    return v;
+  };
   int64_t i = 0;
-  for (; i + Lanes <= n; i += Lanes) {
-    for (int64_t l = 0; l < Lanes; ++l) lanes[l] += term(i + l);
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t l = 0; l < kLanes; ++l) lanes[r][l] += term(r, i + l);
+    }
   }
-  for (int64_t l = 0; i < n; ++i, ++l) lanes[l] += term(i);
-  acc_t total = 0;
-  for (acc_t v : lanes) total += v;
-  return total;
+  for (int64_t l = 0; i < n; ++i, ++l) {
+    for (int64_t r = 0; r < R; ++r) lanes[r][l] += term(r, i);
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    acc_t total = 0;
+    for (int64_t l = 0; l < kLanes; ++l) total += lanes[r][l];
+    out[r] = static_cast<out_t>(total * scale);
+  }
 }
 
-// Long rows get kUnroll times more partial sums (independent add chains, so the loop runs at
-// load speed rather than add latency); short rows fewer (less to combine at the end).
-template <typename acc_t, typename Term>
-acc_t lane_reduce(int64_t n, const Term& term) {
-  return n >= 4 * kLanes * kUnroll ? lane_reduce_n<kLanes * kUnroll, acc_t>(n, term)
-                                   : lane_reduce_n<kLanes, acc_t>(n, term);
+template <bool HasY, typename acc_t, typename scalar_t, typename out_t>
+void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, int64_t n, acc_t scale, out_t* out) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) rows_dot_block<HasY, kRows>(x + r * stride, stride, y, n, scale, out + r);
+  for (; r < rows; ++r) rows_dot_block<HasY, 1>(x + r * stride, stride, y, n, scale, out + r);
+}
+
+// out[i] += sum_r w[r] * x[r * stride + i] (w = 1 when null), for i < n.
+template <int64_t R, typename acc_t, typename scalar_t>
+void rows_axpy_block(const scalar_t* x, int64_t stride, const acc_t* w, int64_t n, acc_t* out) {
+  acc_t wr[R];
+  for (int64_t r = 0; r < R; ++r) wr[r] = w ? w[r] : acc_t(1);
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t v = 0;
+    for (int64_t r = 0; r < R; ++r) v += wr[r] * static_cast<acc_t>(x[r * stride + i]);
+    out[i] += v;
+  }
 }
 
 template <typename acc_t, typename scalar_t>
-acc_t lane_sum(const scalar_t* x, int64_t n) {
-  return lane_reduce<acc_t>(n, [&](int64_t i) { return static_cast<acc_t>(x[i]); });
-}
-
-template <typename acc_t, typename scalar_t>
-acc_t lane_dot(const scalar_t* x, const acc_t* y, int64_t n) {
-  return lane_reduce<acc_t>(n, [&](int64_t i) { return static_cast<acc_t>(x[i]) * y[i]; });
+void rows_axpy(const scalar_t* x, int64_t stride, const acc_t* w, int64_t rows, int64_t n, acc_t* out) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) rows_axpy_block<kRows>(x + r * stride, stride, w ? w + r : w, n, out);
+  for (; r < rows; ++r) rows_axpy_block<1>(x + r * stride, stride, w ? w + r : w, n, out);
 }
 
 // min/max/relu that propagate NaN, as torch.amin/amax/relu do.
@@ -87,26 +113,20 @@ acc_t normaliser(Normalize norm, acc_t lo, acc_t hi, acc_t eps) {
 template <typename scalar_t, typename acc_t>
 void forward_block(const CamShape& shape, const scalar_t* a, const scalar_t* g, int64_t c0,
                    int64_t c1, acc_t* w, acc_t* s_part) {
-  const int64_t C = shape.C, P = shape.P;
+  const int64_t C = shape.C, P = shape.P, n = c1 - c0;
   const acc_t inv_p = acc_t(1) / P;
-  if (!shape.channels_last) {
+  if (!shape.channels_last) {  // rows are channels: w by row sums, s by a weighted sum of rows
     std::fill(s_part, s_part + P, acc_t(0));
-    for (int64_t c = c0; c < c1; ++c) {
-      const acc_t wc = lane_sum<acc_t>(g + c * P, P) * inv_p;
-      w[c] = wc;
-      const scalar_t* ac = a + c * P;
-      for (int64_t p = 0; p < P; ++p) s_part[p] += wc * static_cast<acc_t>(ac[p]);
+    for (int64_t c = c0; c < c1; c += kRows) {
+      const int64_t rows = std::min(kRows, c1 - c);
+      rows_dot<false>(g + c * P, P, static_cast<const acc_t*>(nullptr), rows, P, inv_p, w + c);
+      rows_axpy(a + c * P, P, w + c, rows, P, s_part);
     }
-  } else {
-    const int64_t n = c1 - c0;
-    acc_t* wb = w + c0;
-    std::fill(wb, wb + n, acc_t(0));
-    for (int64_t p = 0; p < P; ++p) {
-      const scalar_t* gp = g + p * C + c0;
-      for (int64_t i = 0; i < n; ++i) wb[i] += static_cast<acc_t>(gp[i]);
-    }
-    for (int64_t i = 0; i < n; ++i) wb[i] *= inv_p;
-    for (int64_t p = 0; p < P; ++p) s_part[p] = lane_dot(a + p * C + c0, wb, n);
+  } else {  // rows are positions: w by a sum of rows, s by row dots
+    std::fill(w + c0, w + c1, acc_t(0));
+    rows_axpy(g + c0, C, static_cast<const acc_t*>(nullptr), P, n, w + c0);
+    for (int64_t i = c0; i < c1; ++i) w[i] *= inv_p;
+    rows_dot<true>(a + c0, C, w + c0, P, n, acc_t(1), s_part);
   }
 }
 
@@ -166,24 +186,18 @@ void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_
 template <typename scalar_t, typename acc_t>
 void backward_block(const CamShape& shape, const scalar_t* a, const acc_t* w, const acc_t* gs,
                     int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gw) {
-  const int64_t C = shape.C, P = shape.P;
+  const int64_t C = shape.C, P = shape.P, n = c1 - c0;
   const acc_t inv_p = acc_t(1) / P;
   if (!shape.channels_last) {
-    for (int64_t c = c0; c < c1; ++c) {
-      if (ga) {
-        scalar_t* gac = ga + c * P;
-        for (int64_t p = 0; p < P; ++p) gac[p] = static_cast<scalar_t>(w[c] * gs[p]);
-      }
-      if (gw) gw[c] = static_cast<scalar_t>(lane_dot(a + c * P, gs, P) * inv_p);
+    if (gw) rows_dot<true>(a + c0 * P, P, gs, n, P, inv_p, gw + c0);
+    for (int64_t c = c0; ga && c < c1; ++c) {
+      scalar_t* gac = ga + c * P;
+      for (int64_t p = 0; p < P; ++p) gac[p] = static_cast<scalar_t>(w[c] * gs[p]);
     }
   } else {
-    const int64_t n = c1 - c0;
     if (gw) {
       std::vector<acc_t> dot(n, acc_t(0));
-      for (int64_t p = 0; p < P; ++p) {
-        const scalar_t* ap = a + p * C + c0;
-        for (int64_t i = 0; i < n; ++i) dot[i] += static_cast<acc_t>(ap[i]) * gs[p];
-      }
+      rows_axpy(a + c0, C, gs, P, n, dot.data());
       for (int64_t i = 0; i < n; ++i) gw[c0 + i] = static_cast<scalar_t>(dot[i] * inv_p);
     }
     for (int64_t p = 0; ga && p < P; ++p) {
@@ -191,6 +205,21 @@ void backward_block(const CamShape& shape, const scalar_t* a, const acc_t* w, co
       for (int64_t i = 0; i < n; ++i) gap[i] = static_cast<scalar_t>(w[c0 + i] * gs[p]);
     }
   }
+}
+
+// Asks the kernel to back a fresh, still untouched output with 2 MB pages: writing a large
+// gradient otherwise costs one page fault per 4 KB, which on the machines measured here takes
+// longer than computing it. A hint only: nothing changes where transparent huge pages are off.
+void advise_huge_pages(const at::Tensor& fresh) {
+#ifdef __linux__
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(fresh.data_ptr());
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + fresh.nbytes()) & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)fresh;
+#endif
 }
 
 // Runs fn(b, c0, c1) over every (sample, channel block) task in parallel.
@@ -293,7 +322,10 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cam_backward_cp
   check_saved(shape, grad_map, weights, scores, extremes);
   const at::Tensor a = to_layout(activations, shape.channels_last);
   std::optional<at::Tensor> ga, gw;
-  if (output_mask[0]) ga = at::empty_like(a);
+  if (output_mask[0]) {
+    ga = at::empty_like(a);
+    advise_huge_pages(*ga);
+  }
   if (output_mask[1]) gw = at::empty({shape.B, shape.C}, a.options());
   if (a.numel() != 0 && (output_mask[0] || output_mask[1])) {
     run_backward(shape, a, grad_map, weights, scores, extremes, relu, norm, eps, ga, gw);

@@ -1,9 +1,10 @@
 """Python side of the batchcam ops whose schemas csrc/fused_cam.cpp defines: input checks, fake
-kernels, the autograd formula, the CUDA implementation (Triton or C++/CUDA) and the public
-composite `torch.ops.batchcam.fused_cam`.
+kernels, the CUDA implementation (Triton or C++/CUDA) and the public composite
+`torch.ops.batchcam.fused_cam`.
 
-    fused_cam(A, G, relu, normalize, eps)          public, CompositeImplicitAutograd:
-      -> cam_forward(A, G, ..., gpu_kernel)[0]     kernels: CPU (C++), CUDA (below); autograd:
+    fused_cam(A, G, relu, normalize, eps)          public, CompositeImplicitAutograd (here):
+      -> cam_forward(A, G, ..., gpu_kernel)[0]     kernels: CPU (C++), CUDA (here);
+                                                   autograd: csrc/fused_cam_autograd.cpp
            backward: cam_backward(gy, A, w, s, ext, ..., output_mask)
 """
 import torch
@@ -88,50 +89,6 @@ def _cam_backward_fake(grad_map, activations, weights, scores, extremes, relu, n
     grad_a = torch.empty_like(activations) if output_mask[0] else None
     grad_g_channels = activations.new_empty(activations.shape[:2]) if output_mask[1] else None
     return grad_a, grad_g_channels
-
-
-# --- Autograd -----------------------------------------------------------------------------------
-
-
-def _setup_context(ctx, inputs, output):
-    activations, gradients, relu, normalize, eps, kernel = inputs
-    _, weights, scores, extremes = output
-    ctx.mark_non_differentiable(weights, scores, extremes)
-    ctx.params = (relu, normalize, eps, kernel)
-    # Saving the activations keeps a reference, not a copy; the backward kernel reads them only to
-    # compute the gradient of the gradients.
-    ctx.save_for_backward(activations, weights, scores, extremes)
-
-
-def _backward(ctx, grad_map, _grad_weights, _grad_scores, _grad_extremes):
-    activations, weights, scores, extremes = ctx.saved_tensors
-    output_mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-    if grad_map is None or not any(output_mask):
-        return None, None, None, None, None, None
-    grad_a, grad_g_channels = torch.ops.batchcam.cam_backward(
-        grad_map, activations, weights, scores, extremes, *ctx.params, output_mask
-    )
-    grad_g = None
-    if grad_g_channels is not None:  # gG[b, c, p] = gw[b, c]: a broadcast view, never written out
-        ones = (1,) * (activations.dim() - 2)
-        grad_g = grad_g_channels.view(*grad_g_channels.shape, *ones).expand(activations.shape)
-    return grad_a, grad_g, None, None, None, None
-
-
-torch.library.register_autograd("batchcam::cam_forward", _backward, setup_context=_setup_context)
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "batchcam.fused_cam does not support double backward (differentiating its backward). "
-        "Training through Grad-CAM maps needs only first-order gradients of fused_cam: use "
-        "create_graph=True on the model's gradients, not on fused_cam's backward."
-    )
-
-
-torch.library.register_autograd(
-    "batchcam::cam_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
-)
 
 
 # --- CUDA: one implementation per op that picks the Triton or the C++/CUDA kernel ---------------
