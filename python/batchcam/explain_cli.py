@@ -1,0 +1,69 @@
+"""`batchcam explain`: maps of a trained checkpoint for image files or a data-set split, written
+as overlay PNGs and, optionally, all maps in one .npy / .pt file."""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .cam import BatchCAM
+from .data import load_split
+from .figures import overlay, upsample
+from .models import build_model
+from .training import load_checkpoint
+
+
+def load_images(paths, size=(28, 28)):
+    """Image files as a (N, 1, H, W) float tensor in [0, 1] (grey, resized)."""
+    out = []
+    for path in paths:
+        try:
+            image = Image.open(path).convert("L").resize(size[::-1], Image.BILINEAR)
+        except OSError as e:
+            raise ValueError(f"{path}: not an image this program can read ({e})") from e
+        out.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0))
+    return torch.stack(out).unsqueeze(1)
+
+
+def run_explain(args):
+    state = load_checkpoint(args.checkpoint)
+    config = state["config"]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = build_model(config["model"], len(state["classes"])).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    if args.images:
+        images, labels, names = load_images(args.images), None, [os.path.basename(p) for p in args.images]
+    else:
+        split = load_split(args.dataset or config["dataset"], args.split, args.data_dir or config["data_dir"])
+        n = len(split) if args.limit == 0 else min(args.limit, len(split))
+        images, labels = split.images[:n], split.labels[:n]
+        names = [f"{args.split}-{i:05d}" for i in range(n)]
+    os.makedirs(args.out, exist_ok=True)
+    use_labels = labels is not None and args.target == "label"
+    all_maps, written = [], 0
+    with BatchCAM(model, model.target_layer, backend=args.backend) as cam:
+        for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch"):
+            x = images[start:start + args.batch_size].to(device)
+            y = labels[start:start + args.batch_size].to(device) if use_labels else None
+            logits, maps = cam(x, y)
+            maps = maps.detach().float()
+            all_maps.append(maps.cpu())
+            up = upsample(maps, x.shape[-2:]).cpu().numpy()
+            preds = logits.argmax(1).tolist()
+            for i in range(len(x)):
+                if written >= args.overlays:
+                    break
+                name = f"{names[start + i]}-{state['classes'][preds[i]].replace('/', '_')}.png"
+                Image.fromarray(overlay(x[i, 0].cpu().numpy(), up[i])).resize((112, 112), Image.NEAREST).save(
+                    os.path.join(args.out, name))
+                written += 1
+    if args.maps:
+        maps = torch.cat(all_maps)
+        if args.maps.endswith(".npy"):
+            np.save(args.maps, maps.numpy())
+        else:
+            torch.save(maps, args.maps)
+    print(f"explained {len(images)} images: {written} overlays in {args.out}"
+          + (f", maps in {args.maps}" if args.maps else ""))

@@ -1,0 +1,352 @@
+"""Training with Batch-CAM: protocols, checkpoints, resume, evaluation, several processes.
+
+Protocols (the loss of one step, maps for the labels' classes):
+- "baseline":  cross-entropy;
+- "prototype": + prototype_weight * PrototypeLoss;
+- "batchcam":  + prototype_weight * PrototypeLoss + batchcam_weight * BatchCAMLoss.
+`cam_grad="second-order"` lets the map losses train through the gradients that weight the
+channels (autograd.grad with create_graph=True); "detached" treats those weights as constants.
+
+Each epoch ends with an atomic checkpoint (`checkpoint.pt`: a temporary file, then a rename);
+`resume=True` continues from it with the same result as an uninterrupted run (the data order of
+an epoch depends only on the seed and the epoch). A NaN or infinite loss stops the run with
+`TrainingDiverged`, leaving the last good checkpoint in place. Under `torchrun` the model is
+wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU): each process takes its share of
+every global batch, prototypes and metrics are reduced across processes, and only rank 0 writes.
+"""
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from .backend import _validate
+from .cam import BatchCAM
+from .data import Split, load_split, stratified_indices
+from .losses import DISTANCES, BatchCAMLoss, PrototypeLoss, class_prototypes, distance, reconstruct, ssim
+from .models import MODELS, build_model
+
+PROTOCOLS = ("baseline", "prototype", "batchcam")
+CAM_GRADS = ("second-order", "detached")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "simple-cnn"
+    dataset: str = "default"
+    data_dir: str | None = None
+    protocol: str = "batchcam"
+    epochs: int = 5
+    batch_size: int = 256  # global: split evenly across processes
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    prototype_weight: float = 1.0
+    batchcam_weight: float = 1.0
+    distance: str = "l2"
+    cam_grad: str = "second-order"
+    backend: str = "fused"
+    amp: bool = False  # bfloat16 autocast
+    compile: bool = False
+    train_limit: int | None = None  # a stratified slice of the training set (None: all of it)
+    test_limit: int | None = None
+    device: str | None = None  # None: cuda if available, else cpu
+    out: str = "runs/batchcam"
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self):
+        choices = {"model": tuple(MODELS), "protocol": PROTOCOLS, "cam_grad": CAM_GRADS,
+                   "distance": DISTANCES, "optimizer": ("adam", "sgd")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        _validate(self.backend)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        return self
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def all_sum(self, values):
+        """Sums a list of floats over the processes."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+
+def init_processes(config: TrainConfig) -> Processes:
+    """Joins the torchrun process group when WORLD_SIZE > 1; picks the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() if config.device is None else config.device.startswith("cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local if world > 1 else torch.device(config.device or "cuda").index or 0)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(config.device or "cpu")
+    return Processes(rank, world, device)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def load_data(config: TrainConfig):
+    """(train, test) splits, each optionally cut to a stratified slice."""
+    splits = []
+    for split, limit in (("train", config.train_limit), ("test", config.test_limit)):
+        data = load_split(config.dataset, split, config.data_dir)
+        if limit is not None and limit < len(data):
+            classes = len(data.labels.unique())
+            keep = torch.from_numpy(stratified_indices(data.labels.numpy(), max(limit // classes, 1), config.seed))
+            data = Split(data.images[keep], data.labels[keep], data.classes)
+        splits.append(data)
+    return splits
+
+
+def epoch_batches(n, batch_size, seed, epoch, procs: Processes):
+    """This process's share of each global batch of one epoch (the order depends only on
+    seed and epoch, so a resumed run sees the same batches)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size][procs.rank::procs.world]
+
+
+# --- model and step -----------------------------------------------------------------------------
+
+
+class _Split(nn.Module):
+    """head(body(x)) with separately compiled parts: the body's output stays a real autograd
+    tensor, so BatchCAM can differentiate the scores with respect to it."""
+
+    def __init__(self, body, head):
+        super().__init__()
+        self.body, self.head = body, head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def compiled_runner(model, cam_grad):
+    """What `compile=True` covers: torch.compile of a whole model hides the target layer's output
+    from autograd.grad, and compiled graphs support no double backward. So the body (input to
+    target layer) is compiled always, and the head only with cam_grad="detached"; with
+    "second-order" the head runs eagerly (its backward is differentiated again)."""
+    head = torch.compile(model.head) if cam_grad == "detached" else model.head
+    return _Split(torch.compile(model.body), head)
+
+
+def make_step(config, model, runner, prototypes, procs):
+    """The training step of config.protocol: returns (loss, logits) and leaves the gradients."""
+    target = runner.body if config.compile else model.target_layer
+    cam = BatchCAM(runner, target, backend=config.backend) if config.protocol != "baseline" else None
+    proto_loss = PrototypeLoss(prototypes, config.distance).to(procs.device)
+    batch_loss = BatchCAMLoss(config.distance)
+    create_graph = config.cam_grad == "second-order"
+
+    def step(x, y):
+        with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=config.amp):
+            if cam is None:
+                logits = runner(x)
+                loss = F.cross_entropy(logits, y)
+            else:
+                logits, maps = cam(x, y, create_graph=create_graph)
+                maps = maps.float()
+                loss = F.cross_entropy(logits, y) + config.prototype_weight * proto_loss(maps, x, y)
+                if config.protocol == "batchcam":
+                    loss = loss + config.batchcam_weight * batch_loss(maps, x, y)
+        return loss, logits
+
+    return step
+
+
+def build_optimizer(config, model):
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text, path):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model, data: Split, prototypes, config, procs: Processes, batch_size=512):
+    """Test accuracy and L1 / L2 / SSIM between reconstructions (maps of the true class) and the
+    prototypes, reduced over the processes (each takes every world-th sample)."""
+    was_training = model.training
+    model.eval()
+    images, labels = data.images[procs.rank::procs.world], data.labels[procs.rank::procs.world]
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # correct, l1, l2, ssim, count
+    with BatchCAM(model, model.target_layer, backend=config.backend) as cam:
+        for start in range(0, len(labels), batch_size):
+            x = images[start:start + batch_size].to(procs.device)
+            y = labels[start:start + batch_size].to(procs.device)
+            logits, maps = cam(x, y)
+            recon, proto = reconstruct(maps.float(), x), prototypes[y]
+            sums[0] += (logits.argmax(1) == y).sum().item()
+            sums[1] += distance(recon, proto, "l1").sum().item()
+            sums[2] += distance(recon, proto, "l2").sum().item()
+            sums[3] += ssim(recon, proto).sum().item()
+            sums[4] += len(y)
+    model.train(was_training)
+    correct, l1, l2, s, n = procs.all_sum(sums)
+    n = max(n, 1)
+    return {"test_accuracy": correct / n, "l1": l1 / n, "l2": l2 / n, "ssim": s / n}
+
+
+def latency_ms(model, x, config, procs, repeats=10):
+    """Median milliseconds per batch: a plain forward (no grad), and a forward with maps."""
+    def timed(fn):
+        times = []
+        for _ in range(repeats + 2):
+            if procs.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if procs.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return sorted(times[2:])[repeats // 2] * 1e3
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        plain = timed(lambda: model(x))
+    with BatchCAM(model, model.target_layer, backend=config.backend) as cam:
+        with_maps = timed(lambda: cam(x))
+    model.train(was_training)
+    return {"forward": plain, "forward_with_maps": with_maps}
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
+    """Trains (or resumes) one run; returns its metrics (also in <out>/metrics.json)."""
+    config.validate()
+    procs = init_processes(config)
+    torch.manual_seed(config.seed)
+    train_data, test_data = load_data(config)
+    num_classes = len(train_data.classes)
+    model = (model or build_model(config.model, num_classes)).to(procs.device)
+    ckpt_path = os.path.join(config.out, "checkpoint.pt")
+    first_epoch, history = 0, []
+    optimizer = build_optimizer(config, model)
+    if config.resume and os.path.exists(ckpt_path):
+        state = load_checkpoint(ckpt_path, procs.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_epoch, history = state["epoch"] + 1, state["history"]
+    elif config.resume:
+        raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path}")
+    if procs.main:
+        os.makedirs(config.out, exist_ok=True)
+
+    shard = slice(procs.rank, None, procs.world)
+    prototypes = class_prototypes(train_data.images[shard].to(procs.device),
+                                  train_data.labels[shard].to(procs.device), num_classes)
+    runner = compiled_runner(model, config.cam_grad) if config.compile else model
+    if procs.world > 1:
+        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+    step = make_step(config, model, runner, prototypes, procs)
+
+    model.train()
+    for epoch in range(first_epoch, config.epochs):
+        start = time.perf_counter()
+        batches = list(epoch_batches(len(train_data), config.batch_size, config.seed, epoch, procs))
+        bar = tqdm(batches, desc=f"{config.protocol} epoch {epoch + 1}/{config.epochs}",
+                   disable=not (procs.main and config.progress), leave=False)
+        totals = [0.0, 0.0, 0.0]  # loss * n, correct, n
+        for i, idx in enumerate(bar):
+            x, y = train_data.images[idx].to(procs.device), train_data.labels[idx].to(procs.device)
+            loss, logits = step(x, y)
+            if not torch.isfinite(loss).all():
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}: training stopped; "
+                    f"the last good checkpoint is {ckpt_path if first_epoch or epoch else '(none yet)'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals[0] += loss.item() * len(y)
+            totals[1] += (logits.argmax(1) == y).sum().item()
+            totals[2] += len(y)
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}")
+        loss_sum, correct, n = procs.all_sum(totals)
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "train_accuracy": correct / n,
+                        "seconds": time.perf_counter() - start})
+        if procs.main:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "history": history, "config": dataclasses.asdict(config),
+                         "classes": list(train_data.classes)}, ckpt_path)
+            if config.progress:
+                h = history[-1]
+                tqdm.write(f"{config.protocol} epoch {epoch + 1}/{config.epochs}: loss {h['train_loss']:.4f} "
+                           f"accuracy {h['train_accuracy']:.4f} ({h['seconds']:.1f} s)")
+
+    metrics = evaluate(model, test_data, prototypes, config, procs)
+    x = test_data.images[:config.batch_size].to(procs.device)
+    metrics.update({
+        "protocol": config.protocol, "model": config.model, "dataset": config.dataset,
+        "epochs": config.epochs, "processes": procs.world, "device": str(procs.device),
+        "train_seconds_per_epoch": sum(h["seconds"] for h in history) / max(len(history), 1),
+        "latency_ms": latency_ms(model, x, config, procs), "history": history,
+        "config": dataclasses.asdict(config),
+    })
+    if procs.main:
+        atomic_write_text(json.dumps(metrics, indent=1), os.path.join(config.out, "metrics.json"))
+        from .figures import example_grid
+
+        example_grid(model, test_data, prototypes, config.backend, os.path.join(config.out, "examples.png"))
+    return metrics
