@@ -161,7 +161,9 @@ def compiled_runner(model, cam_grad):
     """What `compile=True` covers: torch.compile of a whole model hides the target layer's output
     from autograd.grad, and compiled graphs support no double backward. So the body (input to
     target layer) is compiled always, and the head only with cam_grad="detached"; with
-    "second-order" the head runs eagerly (its backward is differentiated again)."""
+    "second-order" the head runs eagerly (its backward is differentiated again). The compiled
+    head's backward runs twice a step (BatchCAM's autograd.grad of the scores, then the loss's
+    backward), which donated buffers forbid: `train` turns them off while it runs."""
     head = torch.compile(model.head) if cam_grad == "detached" else model.head
     return _Split(torch.compile(model.body), head)
 
@@ -272,36 +274,8 @@ def latency_ms(model, x, config, procs, repeats=10):
 # --- the run ------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
-    """Trains (or resumes) one run; returns its metrics (also in <out>/metrics.json)."""
-    config.validate()
-    procs = init_processes(config)
-    torch.manual_seed(config.seed)
-    train_data, test_data = load_data(config)
-    num_classes = len(train_data.classes)
-    model = (model or build_model(config.model, num_classes)).to(procs.device)
-    ckpt_path = os.path.join(config.out, "checkpoint.pt")
-    first_epoch, history = 0, []
-    optimizer = build_optimizer(config, model)
-    if config.resume and os.path.exists(ckpt_path):
-        state = load_checkpoint(ckpt_path, procs.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        first_epoch, history = state["epoch"] + 1, state["history"]
-    elif config.resume:
-        raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path}")
-    if procs.main:
-        os.makedirs(config.out, exist_ok=True)
-
-    shard = slice(procs.rank, None, procs.world)
-    prototypes = class_prototypes(train_data.images[shard].to(procs.device),
-                                  train_data.labels[shard].to(procs.device), num_classes)
-    runner = compiled_runner(model, config.cam_grad) if config.compile else model
-    if procs.world > 1:
-        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
-    step = make_step(config, model, runner, prototypes, procs)
-
-    model.train()
+def _train_epochs(config, model, optimizer, step, train_data, procs, first_epoch, history, ckpt_path):
+    """Epochs first_epoch .. config.epochs - 1, a checkpoint after each; returns the history."""
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         batches = list(epoch_batches(len(train_data), config.batch_size, config.seed, epoch, procs))
@@ -334,7 +308,41 @@ def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
                 h = history[-1]
                 tqdm.write(f"{config.protocol} epoch {epoch + 1}/{config.epochs}: loss {h['train_loss']:.4f} "
                            f"accuracy {h['train_accuracy']:.4f} ({h['seconds']:.1f} s)")
+    return history
 
+
+def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
+    """Trains (or resumes) one run; returns its metrics (also in <out>/metrics.json)."""
+    config.validate()
+    procs = init_processes(config)
+    torch.manual_seed(config.seed)
+    train_data, test_data = load_data(config)
+    num_classes = len(train_data.classes)
+    model = (model or build_model(config.model, num_classes)).to(procs.device)
+    ckpt_path = os.path.join(config.out, "checkpoint.pt")
+    first_epoch, history = 0, []
+    optimizer = build_optimizer(config, model)
+    if config.resume and os.path.exists(ckpt_path):
+        state = load_checkpoint(ckpt_path, procs.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_epoch, history = state["epoch"] + 1, state["history"]
+    elif config.resume:
+        raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path}")
+    if procs.main:
+        os.makedirs(config.out, exist_ok=True)
+
+    shard = slice(procs.rank, None, procs.world)
+    prototypes = class_prototypes(train_data.images[shard].to(procs.device),
+                                  train_data.labels[shard].to(procs.device), num_classes)
+    runner = compiled_runner(model, config.cam_grad) if config.compile else model
+    if procs.world > 1:
+        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+    step = make_step(config, model, runner, prototypes, procs)
+
+    model.train()
+    with torch._functorch.config.patch(donated_buffer=False):
+        history = _train_epochs(config, model, optimizer, step, train_data, procs, first_epoch, history, ckpt_path)
     metrics = evaluate(model, test_data, prototypes, config, procs)
     x = test_data.images[:config.batch_size].to(procs.device)
     metrics.update({

@@ -1,0 +1,140 @@
+"""Trainer: resume, NaN stop, bad options, torch.compile coverage, CLI, two processes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from batchcam.cli import main as cli_main
+from batchcam.models import SimpleCNN
+from batchcam.training import TrainConfig, TrainingDiverged, load_checkpoint, train
+
+TINY = dict(train_limit=200, test_limit=50, batch_size=64, progress=False)
+
+
+def weights(path):
+    return load_checkpoint(os.path.join(path, "checkpoint.pt"))["model"]
+
+
+@pytest.fixture
+def one_thread():
+    """Some of torch's multi-threaded CPU kernels (convolution backward) are not bitwise
+    reproducible run to run; with one thread the whole run is."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path, one_thread):
+    straight = train(TrainConfig(epochs=2, out=str(tmp_path / "a"), **TINY))
+    train(TrainConfig(epochs=1, out=str(tmp_path / "b"), **TINY))
+    resumed = train(TrainConfig(epochs=2, out=str(tmp_path / "b"), resume=True, **TINY))
+    for name, value in weights(tmp_path / "a").items():
+        assert torch.equal(value, weights(tmp_path / "b")[name]), name
+    assert straight["test_accuracy"] == resumed["test_accuracy"]
+    assert [h["train_loss"] for h in straight["history"]] == [h["train_loss"] for h in resumed["history"]]
+    for name in ("metrics.json", "examples.png"):
+        assert os.path.getsize(tmp_path / "b" / name) > 0
+
+
+def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(TrainConfig(epochs=1, out=str(tmp_path), resume=True, **TINY))
+
+
+class NaNAfter(SimpleCNN):
+    """Returns NaN logits from the `after`-th call on."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.calls, self.after = 0, after
+
+    def forward(self, x):
+        self.calls += 1
+        out = super().forward(x)
+        return out * float("nan") if self.calls >= self.after else out
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = str(tmp_path)
+    train(TrainConfig(epochs=1, out=out, **TINY))
+    good = open(os.path.join(out, "checkpoint.pt"), "rb").read()
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 2, batch 2.*checkpoint.pt"):
+        train(TrainConfig(epochs=3, out=out, resume=True, **TINY), model=NaNAfter(after=2))
+    assert open(os.path.join(out, "checkpoint.pt"), "rb").read() == good
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("protocol", "gradcam", "protocol must be one of"),
+    ("model", "vgg", "model must be one of"),
+    ("distance", "cosine", "distance must be one of"),
+    ("cam_grad", "third-order", "cam_grad must be one of"),
+    ("backend", "numpy", "backend must be one of"),
+    ("epochs", 0, "epochs must be >= 1"),
+    ("lr", -1.0, "lr must be > 0"),
+])
+def test_bad_options(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(out=str(tmp_path), **{**TINY, field: value}))
+
+
+@pytest.mark.parametrize("protocol", ["baseline", "prototype", "batchcam"])
+@pytest.mark.parametrize("cam_grad", ["second-order", "detached"])
+def test_compile_covers_each_cam_grad(tmp_path, protocol, cam_grad):
+    """--compile trains with both --cam-grad settings (body compiled; head too when detached)
+    and gives the eager run's result."""
+    if protocol == "baseline" and cam_grad == "detached":
+        pytest.skip("no maps in the baseline")
+    torch._dynamo.reset()
+    cfg = dict(epochs=1, protocol=protocol, cam_grad=cam_grad, **{**TINY, "train_limit": 100})
+    eager = train(TrainConfig(out=str(tmp_path / "eager"), **cfg))
+    compiled = train(TrainConfig(out=str(tmp_path / "compiled"), compile=True, **cfg))
+    assert abs(eager["history"][0]["train_loss"] - compiled["history"][0]["train_loss"]) < 1e-3
+    for name, value in weights(tmp_path / "eager").items():
+        torch.testing.assert_close(weights(tmp_path / "compiled")[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_cli_compare_writes_the_table(tmp_path, capsys):
+    out = str(tmp_path)
+    code = cli_main(["compare", "--epochs", "1", "--train-limit", "200", "--test-limit", "50",
+                     "--batch-size", "64", "--no-progress", "--out", out])
+    assert code == 0
+    table = open(os.path.join(out, "compare.md")).read()
+    for protocol in ("baseline", "prototype", "batchcam"):
+        assert f"| {protocol} |" in table
+        assert os.path.exists(os.path.join(out, protocol, "examples.png"))
+    results = json.load(open(os.path.join(out, "compare.json")))["results"]
+    assert [r["protocol"] for r in results] == ["baseline", "prototype", "batchcam"]
+    assert "| protocol | test accuracy |" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    assert cli_main(["train", "--distance", "cosine", "--out", str(tmp_path)]) == 1
+    assert "distance must be one of" in capsys.readouterr().err
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of every global batch; DDP averages
+    the gradients, so the weights match one process's. (The prototype protocol: the Batch-CAM
+    term compares samples within a process's own share of the batch, so it differs by design.)"""
+    args = ["train", "--protocol", "prototype", "--epochs", "2", "--train-limit", "200", "--test-limit", "50",
+            "--batch-size", "64", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "batchcam", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "batchcam", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for name, value in weights(tmp_path / "one").items():
+        torch.testing.assert_close(weights(tmp_path / "two")[name], value, rtol=1e-4, atol=1e-5)
+    m1 = json.load(open(tmp_path / "one" / "metrics.json"))
+    m2 = json.load(open(tmp_path / "two" / "metrics.json"))
+    assert m2["processes"] == 2 and m1["processes"] == 1
+    assert abs(m1["test_accuracy"] - m2["test_accuracy"]) <= 0.02
+    assert abs(m1["ssim"] - m2["ssim"]) < 1e-3
