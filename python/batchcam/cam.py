@@ -76,11 +76,15 @@ class BatchCAM:
                 (gradients,) = torch.autograd.grad(
                     score, activations, create_graph=create_graph, retain_graph=True
                 )
-                maps = fused_cam(activations, gradients, backend=self.backend, **self.cam_options)
+                maps = self.maps(activations, gradients)
             return logits, maps
         finally:
             self._captured = None
             self.model.train(was_training)
+
+    def maps(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """The map op: (B, C, *S) activations and gradients -> (B, *S)."""
+        return fused_cam(activations, gradients, backend=self.backend, **self.cam_options)
 
     @staticmethod
     def _targets(logits, targets):

@@ -168,10 +168,11 @@ def compiled_runner(model, cam_grad):
     return _Split(torch.compile(model.body), head)
 
 
-def make_step(config, model, runner, prototypes, procs):
-    """The training step of config.protocol: returns (loss, logits) and leaves the gradients."""
+def make_step(config, model, runner, prototypes, procs, cam_class=BatchCAM):
+    """The training step of config.protocol: returns (loss, logits); the caller runs backward.
+    `cam_class` computes the maps (benchmarks swap in a stand-in)."""
     target = runner.body if config.compile else model.target_layer
-    cam = BatchCAM(runner, target, backend=config.backend) if config.protocol != "baseline" else None
+    cam = cam_class(runner, target, backend=config.backend) if config.protocol != "baseline" else None
     proto_loss = PrototypeLoss(prototypes, config.distance).to(procs.device)
     batch_loss = BatchCAMLoss(config.distance)
     create_graph = config.cam_grad == "second-order"
