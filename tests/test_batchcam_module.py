@@ -74,7 +74,7 @@ def test_mode_hooks_and_no_state():
     cam = batchcam.BatchCAM(model, layer)
     cam(x, train=True)
     assert not model.training
-    assert cam._captured is None
+    assert cam._capture.outputs is None
     assert len(layer._forward_hooks) == 1
     cam.close()
     assert len(layer._forward_hooks) == 0

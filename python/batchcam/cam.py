@@ -3,7 +3,35 @@ import torch
 from torch import nn
 
 from .backend import _validate
+from .capture import LayerCapture, check_submodules
 from .functional import fused_cam
+
+
+def class_scores(logits: torch.Tensor, targets=None) -> torch.Tensor:
+    """(B,) scores to explain: the logit of each sample's target class (None: the predicted one;
+    a (B,) tensor of class indices), or a callable on the (B, classes) logits returning (B,)
+    scores, or a sequence of B callables each taking one sample's logits (pytorch-grad-cam's
+    target objects)."""
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return logits (B, classes), got {tuple(logits.shape)}")
+    if callable(targets):
+        scores = targets(logits)
+        if scores.shape != logits.shape[:1]:
+            raise ValueError(f"a target callable must return ({logits.shape[0]},) scores, got {tuple(scores.shape)}")
+        return scores
+    if isinstance(targets, (list, tuple)) and targets and callable(targets[0]):
+        if len(targets) != logits.shape[0]:
+            raise ValueError(f"{len(targets)} target callables for a batch of {logits.shape[0]}")
+        return torch.stack([t(row) for t, row in zip(targets, logits)])
+    if targets is None:
+        targets = logits.argmax(dim=1)
+    targets = torch.as_tensor(targets, device=logits.device)
+    if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must be a ({logits.shape[0]},) integer tensor, got "
+                         f"{tuple(targets.shape)} {targets.dtype}")
+    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+        raise ValueError(f"targets must lie in [0, {logits.shape[1]}), got {targets.tolist()}")
+    return logits.gather(1, targets.long()[:, None])[:, 0]
 
 
 class BatchCAM:
@@ -26,25 +54,12 @@ class BatchCAM:
 
     def __init__(self, model: nn.Module, target_layer: nn.Module, backend: str = "fused", *,
                  relu: bool = True, normalize: str = "minmax", eps: float = 1e-7):
-        if not any(m is target_layer for m in model.modules()):
-            raise ValueError("BatchCAM: target_layer is not a submodule of model")
+        check_submodules(model, [target_layer])
         self.model = model
         self.target_layer = target_layer
         self.backend = _validate(backend)
         self.cam_options = dict(relu=relu, normalize=normalize, eps=eps)
-        self._captured = None  # the target layer's output, only while a call is running
-        self._hook = target_layer.register_forward_hook(self._capture)
-
-    def _capture(self, module, inputs, output):
-        if self._captured is None:
-            return None
-        if not isinstance(output, torch.Tensor) or output.dim() < 3:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"BatchCAM: the target layer must output a (B, C, *S) tensor, got {shape}")
-        if not output.requires_grad:  # frozen model: still differentiate the scores w.r.t. A
-            output = output.detach().requires_grad_(True)
-        self._captured.append(output)
-        return output
+        self._capture = LayerCapture([target_layer])
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None, *,
                  create_graph: bool = False, train: bool | None = None):
@@ -55,23 +70,20 @@ class BatchCAM:
             through them (second order); False treats the channel weights as constants.
         train: None runs the model in its current mode; True/False sets it for this call.
         """
-        if self._hook is None:
+        if not self._capture.handles:
             raise RuntimeError("BatchCAM: used after close()")
         was_training = self.model.training
-        self._captured = []
+        self._capture.start()
         try:
             if train is not None:
                 self.model.train(train)
             with torch.enable_grad():
                 logits = self.model(x)
-                if len(self._captured) != 1:
-                    raise RuntimeError(
-                        f"BatchCAM: the target layer ran {len(self._captured)} times in one "
-                        "forward; choose a layer that runs exactly once"
-                    )
-                activations = self._captured[0]
-                targets = self._targets(logits, targets)
-                score = logits.gather(1, targets[:, None]).sum()
+                (activations,) = self._capture.stop()
+                if activations.dim() < 3:
+                    raise ValueError("BatchCAM: the target layer must output a (B, C, *S) tensor, got "
+                                     f"{tuple(activations.shape)}")
+                score = class_scores(logits, targets).sum()
                 # retain_graph: the logits stay differentiable for a loss beside the maps'.
                 (gradients,) = torch.autograd.grad(
                     score, activations, create_graph=create_graph, retain_graph=True
@@ -79,34 +91,16 @@ class BatchCAM:
                 maps = self.maps(activations, gradients)
             return logits, maps
         finally:
-            self._captured = None
+            self._capture.outputs = None
             self.model.train(was_training)
 
     def maps(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """The map op: (B, C, *S) activations and gradients -> (B, *S)."""
         return fused_cam(activations, gradients, backend=self.backend, **self.cam_options)
 
-    @staticmethod
-    def _targets(logits, targets):
-        if logits.dim() != 2:
-            raise ValueError(f"BatchCAM: the model must return logits (B, classes), got {tuple(logits.shape)}")
-        if targets is None:
-            return logits.argmax(dim=1)
-        targets = torch.as_tensor(targets, device=logits.device)
-        if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
-                f"BatchCAM: targets must be a ({logits.shape[0]},) integer tensor, got "
-                f"{tuple(targets.shape)} {targets.dtype}"
-            )
-        if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
-            raise ValueError(f"BatchCAM: targets must lie in [0, {logits.shape[1]}), got {targets.tolist()}")
-        return targets.long()
-
     def close(self) -> None:
         """Removes the hook from the target layer."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        self._capture.remove()
 
     def __enter__(self):
         return self

@@ -1,4 +1,4 @@
-"""`batchcam explain`: maps of a trained checkpoint for image files or a data-set split, written
+"""`batchcam explain`: maps (batchcam.explain) of a trained checkpoint for image files or a data-set split, written
 as overlay PNGs and, optionally, all maps in one .npy / .pt file."""
 import os
 
@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .cam import BatchCAM
 from .data import load_split
-from .figures import overlay, upsample
+from .explanation import explain
+from .figures import overlay
 from .models import build_model
 from .training import load_checkpoint
 
@@ -43,22 +43,19 @@ def run_explain(args):
     os.makedirs(args.out, exist_ok=True)
     use_labels = labels is not None and args.target == "label"
     all_maps, written = [], 0
-    with BatchCAM(model, model.target_layer, backend=args.backend) as cam:
-        for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch"):
-            x = images[start:start + args.batch_size].to(device)
-            y = labels[start:start + args.batch_size].to(device) if use_labels else None
-            logits, maps = cam(x, y)
-            maps = maps.detach().float()
-            all_maps.append(maps.cpu())
-            up = upsample(maps, x.shape[-2:]).cpu().numpy()
-            preds = logits.argmax(1).tolist()
-            for i in range(len(x)):
-                if written >= args.overlays:
-                    break
-                name = f"{names[start + i]}-{state['classes'][preds[i]].replace('/', '_')}.png"
-                Image.fromarray(overlay(x[i, 0].cpu().numpy(), up[i])).resize((112, 112), Image.NEAREST).save(
-                    os.path.join(args.out, name))
-                written += 1
+    for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch"):
+        x = images[start:start + args.batch_size].to(device)
+        y = labels[start:start + args.batch_size].to(device) if use_labels else None
+        maps, logits = explain(model, model.target_layer, x, y, backend=args.backend, return_logits=True)
+        maps, preds = maps.cpu(), logits.argmax(1).tolist()
+        all_maps.append(maps)
+        for i in range(len(x)):
+            if written >= args.overlays:
+                break
+            name = f"{names[start + i]}-{state['classes'][preds[i]].replace('/', '_')}.png"
+            Image.fromarray(overlay(x[i, 0].cpu().numpy(), maps[i].numpy())).resize((112, 112), Image.NEAREST).save(
+                os.path.join(args.out, name))
+            written += 1
     if args.maps:
         maps = torch.cat(all_maps)
         if args.maps.endswith(".npy"):

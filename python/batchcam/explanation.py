@@ -1,0 +1,101 @@
+"""`batchcam.explain`: Grad-CAM maps of a whole batch at inference, on the model's device.
+
+One forward with hooks on every target layer, one `torch.autograd.grad` of the summed target
+scores with respect to all their outputs, one fused map per layer, then (as pytorch-grad-cam
+does) each map upsampled bilinearly to the requested size, the layers combined, and every
+sample's result scaled to [0, 1]:
+
+    map_l = fused_cam(A_l, dScore/dA_l)                 ReLU, min-max per sample, at layer size
+    out   = minmax(combine_l(up(map_l)))               combine: mean (pytorch-grad-cam) or max
+
+Because min-max scaling is affine and bilinear interpolation is a convex combination, one layer
+gives exactly minmax(up(relu(sum_c w_c A_c))): the map every tool computes, once normalised and
+resized the same way.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .backend import get_backend
+from .cam import class_scores
+from .capture import LayerCapture, check_submodules
+from .functional import fused_cam
+
+COMBINE = ("mean", "max")
+
+
+def _as_layers(target_layers):
+    layers = [target_layers] if isinstance(target_layers, nn.Module) else list(target_layers)
+    if not layers:
+        raise ValueError("explain: give at least one target layer")
+    return layers
+
+
+def _per_sample_minmax(maps, eps):
+    flat = maps.flatten(1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    return (maps - lo.view(shape)) / (hi - lo + eps).view(shape)
+
+
+def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None, *, size="input",
+            combine: str = "mean", reshape=None, relu: bool = True, eps: float = 1e-7,
+            backend: str | None = None, return_logits: bool = False):
+    """Grad-CAM maps for a batch, as a (B, *size) tensor on the images' device, in [0, 1]
+    (float32, or float64 for float64 models).
+
+    Args:
+        model: returns logits (B, classes) for `images`.
+        target_layers: a module or a list of modules of `model`, each run once per forward.
+        images: the batch, on the model's device.
+        targets: None (predicted classes), a (B,) tensor of class indices, a callable on the
+            (B, classes) logits returning (B,) scores, or B callables on one sample's logits.
+        size: "input" (the images' spatial size), "layer" (each map at its layer's size: one
+            target layer only), or a tuple of ints.
+        combine: "mean" or "max" over the target layers.
+        reshape: turns a layer output that is not (B, C, *S) into one, e.g. the (B, N, C)
+            tokens of a vision transformer into (B, C, h, w); applied to the gradients too.
+        relu, eps: as in `batchcam.fused_cam`. backend: as in `batchcam.fused_cam`.
+        return_logits: also return the (detached) logits of the forward: (maps, logits).
+
+    The model's mode, its parameters' `.grad` and its hooks are left as they were.
+    """
+    layers = _as_layers(target_layers)
+    check_submodules(model, layers)
+    if combine not in COMBINE:
+        raise ValueError(f"explain: combine must be one of {COMBINE}, got {combine!r}")
+    if size == "layer" and len(layers) > 1:
+        raise ValueError("explain: size='layer' needs a single target layer")
+    capture = LayerCapture(layers)
+    capture.start()
+    try:
+        with torch.enable_grad():
+            logits = model(images)
+            outputs = capture.stop()
+            score = class_scores(logits, targets).sum()
+            grads = torch.autograd.grad(score, outputs)
+    finally:
+        capture.remove()
+    backend = backend or get_backend()
+    out_size = images.shape[2:] if size == "input" else None if size == "layer" else tuple(size)
+    maps = []
+    for a, g in zip(outputs, grads):
+        a, g = a.detach(), g.detach()
+        if reshape is not None:
+            a, g = reshape(a), reshape(g)
+        m = fused_cam(a, g, relu=relu, normalize="minmax", eps=eps, backend=backend)
+        m = m.to(torch.promote_types(m.dtype, torch.float32))  # half-precision maps: float32
+        if out_size is not None and m.dim() - 1 != len(out_size):
+            raise ValueError(
+                f"explain: a layer output of shape {tuple(a.shape)} read as (B, C, *S) gives maps of "
+                f"{m.dim() - 1} spatial dims, but size has {len(out_size)}; for token outputs (B, N, C) "
+                "pass reshape= to turn them into (B, C, h, w)"
+            )
+        if out_size is not None and tuple(m.shape[1:]) != tuple(out_size):
+            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[m.dim() - 1]
+            m = F.interpolate(m.unsqueeze(1), size=out_size, mode=mode, align_corners=False)[:, 0]
+        maps.append(m)
+    stacked = torch.stack(maps)
+    combined = stacked.mean(0) if combine == "mean" else stacked.amax(0)
+    maps = _per_sample_minmax(combined, eps)
+    return (maps, logits.detach()) if return_logits else maps
