@@ -1,0 +1,161 @@
+"""Explaining a batch: batchcam against the tools people use, on the same work.
+
+Same model, batch, device, target layer and target classes for every method:
+- batchcam (fused and reference backends): `batchcam.explain`, one forward and one backward;
+- per-sample loop: one forward and one backward per image (the paper's "Algorithm 2");
+- pytorch-grad-cam `GradCAM` (maps finished in NumPy on the host);
+- Captum `LayerGradCam` (+ `LayerAttribution.interpolate`);
+- TorchCAM `GradCAM`.
+Every method's maps are brought to the same form (bilinear to the input size, min-max per sample)
+and checked against batchcam's before anything is timed; then the median time per batch is
+printed with its ratio to a plain forward of the batch and to batchcam.
+
+The anchors are benchmark-only: run this in an environment that has them, e.g.
+    python -m venv /opt/bcbench && /opt/bcbench/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        grad-cam captum torchcam && BATCHCAM_SKIP_CUDA_BUILD=1 /opt/bcbench/bin/pip install \
+        --no-build-isolation .
+    /opt/bcbench/bin/python benchmarks/bench_explain.py [--device cuda]
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import batchcam  # noqa: E402
+from batchcam.models import build_model  # noqa: E402
+from common import machine, measure, write_result  # noqa: E402
+
+# Max |difference| of maps in [0, 1]. Each tool adds its own eps (about 1e-7) to a normaliser at
+# layer resolution; on these untrained models the raw maps span only about 1e-3, so the maps agree
+# to about 1e-4, not to float32 rounding.
+TOLERANCE = 1e-3
+
+
+def minmax(maps):
+    flat = maps.flatten(1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    return (maps - lo[:, None, None]) / (hi - lo + 1e-7)[:, None, None]
+
+
+def to_input_size(maps, size):
+    """(B, h, w) -> (B, H, W): bilinear (half-pixel centres, as cv2.resize), then min-max."""
+    maps = torch.as_tensor(maps).float()
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return minmax(maps)
+
+
+def per_sample_loop(model, layer, x, targets):
+    """One forward and backward per image, the map composed of plain torch ops."""
+    feats = {}
+    handle = layer.register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
+    maps = []
+    try:
+        for i in range(len(x)):
+            logits = model(x[i:i + 1])
+            (g,) = torch.autograd.grad(logits[0, targets[i]], feats["a"])
+            a = feats["a"].detach()
+            maps.append(torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1))[0])
+    finally:
+        handle.remove()
+    return torch.stack(maps)
+
+
+def methods(model, layer, x, targets):
+    """name -> (function returning maps of any resolution or normalisation, available?)."""
+    size = x.shape[2:]
+    found = {
+        "batchcam fused": lambda: batchcam.explain(model, layer, x, targets, backend="fused"),
+        "batchcam reference": lambda: batchcam.explain(model, layer, x, targets, backend="reference"),
+        "per-sample loop": lambda: per_sample_loop(model, layer, x, targets),
+    }
+    try:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        grad_cam = GradCAM(model=model, target_layers=[layer])
+        classes = [ClassifierOutputTarget(int(t)) for t in targets]
+        found["pytorch-grad-cam"] = lambda: grad_cam(input_tensor=x, targets=classes)
+    except ImportError:
+        pass
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+
+        captum_cam = LayerGradCam(model, layer)
+        found["captum"] = lambda: LayerAttribution.interpolate(
+            captum_cam.attribute(x, target=targets, relu_attributions=True), tuple(size), "bilinear")[:, 0]
+    except ImportError:
+        pass
+    try:
+        from torchcam.methods import GradCAM as TorchCAMGradCAM
+
+        def torchcam_maps():
+            with TorchCAMGradCAM(model, target_layer=layer) as extractor:
+                scores = model(x)
+                return extractor(class_idx=targets.tolist(), scores=scores)[0]
+
+        found["torchcam"] = torchcam_maps
+    except ImportError:
+        pass
+    return found
+
+
+def bench_model(label, model, layer, x, device, budget):
+    model.eval()
+    with torch.no_grad():
+        targets = model(x).argmax(1)
+    candidates = methods(model, layer, x, targets)
+    reference = to_input_size(candidates["batchcam fused"]().cpu(), x.shape[2:])
+    agreement = {}
+    for name, fn in candidates.items():
+        out = fn()
+        maps = to_input_size(out.detach().cpu() if torch.is_tensor(out) else np.asarray(out), x.shape[2:])
+        agreement[name] = float((maps - reference).abs().max())
+        if not agreement[name] <= TOLERANCE:
+            raise AssertionError(f"{label}: {name} disagrees with batchcam by {agreement[name]:.2e} > {TOLERANCE}")
+    with torch.no_grad():
+        forward = measure(lambda: model(x), device, budget_s=budget)
+    rows = [[label, "plain forward (no maps)", f"{forward * 1e3:.2f}", "1.00", "-", "-"]]
+    times = {name: measure(fn, device, budget_s=budget) for name, fn in candidates.items()}
+    for name, t in times.items():
+        rows.append([label, name, f"{t * 1e3:.2f}", f"{t / forward:.2f}", f"{t / times['batchcam fused']:.2f}",
+                     f"{agreement[name]:.1e}"])
+    for row in rows:
+        print(" | ".join(row), flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--budget", type=float, default=None, help="seconds of runs per measurement")
+    parser.add_argument("--out", default=os.environ.get("OUT"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    budget = args.budget or (0.5 if device.type == "cuda" else 3.0)
+    torch.manual_seed(0)
+    info = machine(device)
+    header = ["model, batch", "method", "ms / batch", "x forward", "x batchcam fused", "max |map diff|"]
+    rows = []
+    setups = [("simple-cnn 28x28, 256", build_model("simple-cnn"), 256, 28),
+              ("resnet18 28x28, 64", build_model("resnet18"), 64, 28)]
+    if device.type == "cuda":
+        import torchvision
+
+        setups.append(("torchvision resnet50 224x224, 64", torchvision.models.resnet50(), 64, 224))
+    for label, model, batch, side in setups:
+        model = model.to(device)
+        channels = 3 if "torchvision" in label else 1
+        x = torch.rand(batch, channels, side, side, device=device)
+        layer = model.layer4 if "torchvision" in label else model.target_layer
+        rows += bench_model(label, model, layer, x, device, budget)
+    table, paths = write_result("bench_explain", info, header, rows, {"tolerance": TOLERANCE}, args.out)
+    print(f"\n{info['device']}, torch {info['torch']}, commit {info['commit']}\n\n{table}\n\nwritten: {', '.join(paths)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
