@@ -7,8 +7,9 @@ Same model, batch, device, target layer and target classes for every method:
 - Captum `LayerGradCam` (+ `LayerAttribution.interpolate`);
 - TorchCAM `GradCAM`.
 Every method's maps are brought to the same form (bilinear to the input size, min-max per sample)
-and checked against batchcam's before anything is timed; then the median time per batch is
-printed with its ratio to a plain forward of the batch and to batchcam.
+and checked against batchcam's before anything is timed; then the median time per batch (CPU:
+all methods round-robin, one call each per round) is printed with its ratio to a plain forward
+(no grad) of the batch and to batchcam.
 
 The anchors are benchmark-only: run this in an environment that has them, e.g.
     python -m venv /opt/bcbench && /opt/bcbench/bin/pip install torch==2.14.1 torchvision==0.29.1 \
@@ -27,7 +28,7 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
 from batchcam.models import build_model  # noqa: E402
-from common import machine, measure, write_result  # noqa: E402
+from common import machine, measure_interleaved, write_result  # noqa: E402
 
 # Max |difference| of maps in [0, 1]. Each tool adds its own eps (about 1e-7) to a normaliser at
 # layer resolution; on these untrained models the raw maps span only about 1e-3, so the maps agree
@@ -104,7 +105,7 @@ def methods(model, layer, x, targets):
     return found
 
 
-def bench_model(label, model, layer, x, device, budget):
+def bench_model(label, model, layer, x, device, budget, rounds):
     model.eval()
     with torch.no_grad():
         targets = model(x).argmax(1)
@@ -117,10 +118,13 @@ def bench_model(label, model, layer, x, device, budget):
         agreement[name] = float((maps - reference).abs().max())
         if not agreement[name] <= TOLERANCE:
             raise AssertionError(f"{label}: {name} disagrees with batchcam by {agreement[name]:.2e} > {TOLERANCE}")
-    with torch.no_grad():
-        forward = measure(lambda: model(x), device, budget_s=budget)
+    def plain_forward():
+        with torch.no_grad():
+            return model(x)
+
+    times = measure_interleaved({"forward": plain_forward, **candidates}, device, rounds=rounds, budget_s=budget)
+    forward = times.pop("forward")
     rows = [[label, "plain forward (no maps)", f"{forward * 1e3:.2f}", "1.00", "-", "-"]]
-    times = {name: measure(fn, device, budget_s=budget) for name, fn in candidates.items()}
     for name, t in times.items():
         rows.append([label, name, f"{t * 1e3:.2f}", f"{t / forward:.2f}", f"{t / times['batchcam fused']:.2f}",
                      f"{agreement[name]:.1e}"])
@@ -132,11 +136,11 @@ def bench_model(label, model, layer, x, device, budget):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--budget", type=float, default=None, help="seconds of runs per measurement")
+    parser.add_argument("--budget", type=float, default=0.5, help="GPU: seconds of runs per measurement")
+    parser.add_argument("--rounds", type=int, default=15, help="CPU: round-robin rounds (median taken)")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    budget = args.budget or (0.5 if device.type == "cuda" else 3.0)
     torch.manual_seed(0)
     info = machine(device)
     header = ["model, batch", "method", "ms / batch", "x forward", "x batchcam fused", "max |map diff|"]
@@ -152,7 +156,7 @@ def main():
         channels = 3 if "torchvision" in label else 1
         x = torch.rand(batch, channels, side, side, device=device)
         layer = model.layer4 if "torchvision" in label else model.target_layer
-        rows += bench_model(label, model, layer, x, device, budget)
+        rows += bench_model(label, model, layer, x, device, args.budget, args.rounds)
     table, paths = write_result("bench_explain", info, header, rows, {"tolerance": TOLERANCE}, args.out)
     print(f"\n{info['device']}, torch {info['torch']}, commit {info['commit']}\n\n{table}\n\nwritten: {', '.join(paths)}")
 

@@ -1,6 +1,7 @@
 """What a Batch-CAM training step costs over a cross-entropy step, and where the time goes.
 
-Same model, batch, device and process for every row; median of `--reps` steps after warm-up.
+Same model, batch, device and process for every row; median of `--reps` steps after warm-up
+(CPU: the variants run round-robin, one step each per round).
 Full steps (the trainer's own step function, protocol "batchcam", second order):
 - "CE":        cross-entropy only;
 - "fused":     Batch-CAM step with the fused op;
@@ -27,7 +28,7 @@ from batchcam import BatchCAM  # noqa: E402
 from batchcam.losses import class_prototypes  # noqa: E402
 from batchcam.models import build_model  # noqa: E402
 from batchcam.training import Processes, TrainConfig, make_step  # noqa: E402
-from common import machine, measure, write_result  # noqa: E402
+from common import machine, measure_interleaved, write_result  # noqa: E402
 
 
 class StandInCAM(BatchCAM):
@@ -53,13 +54,13 @@ def partial_step(model, create_graph):
     return step
 
 
-def timed_step(step, model, x, y, device, reps):
+def runnable(step, model, x, y):
     def run():
         model.zero_grad(set_to_none=True)
         loss, _ = step(x, y)
         loss.backward()
 
-    return measure(run, device, reps=reps, warmup=2, budget_s=reps)
+    return run
 
 
 def main():
@@ -89,7 +90,8 @@ def main():
             "fused": full_step(model, prototypes, procs, "batchcam", "fused"),
             "reference": full_step(model, prototypes, procs, "batchcam", "reference"),
         }
-        times = {k: timed_step(s, model, x, y, device, args.reps) for k, s in steps.items()}
+        runs = {k: runnable(s, model, x, y) for k, s in steps.items()}
+        times = measure_interleaved(runs, device, rounds=args.reps, budget_s=1.0)
         for k, t in times.items():
             row = [name, k, f"{t * 1e3:.2f}", f"{t / times['CE']:.2f}", f"{t / times['stand-in (+ losses)']:.3f}"]
             rows.append(row)

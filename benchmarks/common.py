@@ -37,6 +37,24 @@ def measure(fn, device, reps=None, warmup=3, budget_s=2.0):
     return statistics.median(times)
 
 
+def measure_interleaved(fns, device, rounds=10, warmup=2, budget_s=0.5):
+    """{name: median seconds} of several functions. On CPU they run round-robin, one call each
+    per round, so that the machine's drift (frequency, other tenants) spreads over all of them
+    rather than favouring whichever ran first; on CUDA each is measured by `measure`."""
+    if torch.device(device).type == "cuda":
+        return {name: measure(fn, device, budget_s=budget_s) for name, fn in fns.items()}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def copy_bandwidth(device, nbytes=1 << 28):
     """Bytes per second of a device-to-same-device copy (read + write counted)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()

@@ -10,10 +10,14 @@ class LayerCapture:
 
     An output that does not require grad (a frozen model, or no_grad around the call) is replaced
     by a leaf that does, so that the scores can still be differentiated with respect to it.
+    With `grad_from_capture`, grad mode is switched on when a target layer runs: a forward started
+    under no_grad then records a graph only from the first target layer on (the caller's no_grad
+    context restores the mode when it exits).
     """
 
-    def __init__(self, layers: list[nn.Module]):
+    def __init__(self, layers: list[nn.Module], grad_from_capture: bool = False):
         self.outputs = None
+        self.grad_from_capture = grad_from_capture
         self.handles = [layer.register_forward_hook(functools.partial(self._hook, i)) for i, layer in enumerate(layers)]
 
     def _hook(self, index, module, inputs, output):
@@ -21,6 +25,8 @@ class LayerCapture:
             return None
         if not isinstance(output, torch.Tensor):
             raise ValueError(f"target layer {type(module).__name__} must output a tensor, got {type(output).__name__}")
+        if self.grad_from_capture:
+            torch.set_grad_enabled(True)
         if not output.requires_grad:
             output = output.detach().requires_grad_(True)
         self.outputs[index].append(output)

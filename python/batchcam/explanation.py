@@ -66,12 +66,15 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
         raise ValueError(f"explain: combine must be one of {COMBINE}, got {combine!r}")
     if size == "layer" and len(layers) > 1:
         raise ValueError("explain: size='layer' needs a single target layer")
-    capture = LayerCapture(layers)
+    # The forward records no graph below the first target layer (nothing there needs a gradient):
+    # it starts under no_grad and the capture hook turns grad mode on.
+    capture = LayerCapture(layers, grad_from_capture=True)
     capture.start()
     try:
-        with torch.enable_grad():
+        with torch.no_grad():
             logits = model(images)
-            outputs = capture.stop()
+        outputs = capture.stop()
+        with torch.enable_grad():
             score = class_scores(logits, targets).sum()
             grads = torch.autograd.grad(score, outputs)
     finally:
