@@ -138,3 +138,31 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert m2["processes"] == 2 and m1["processes"] == 1
     assert abs(m1["test_accuracy"] - m2["test_accuracy"]) <= 0.02
     assert abs(m1["ssim"] - m2["ssim"]) < 1e-3
+
+
+def test_amp_bf16_trains(tmp_path):
+    metrics = train(TrainConfig(epochs=1, amp=True, out=str(tmp_path), **TINY))
+    assert metrics["history"][0]["train_loss"] > 0 and 0 <= metrics["ssim"] <= 1
+
+
+def test_cli_explain_split_and_files(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    run = str(tmp_path / "run")
+    train(TrainConfig(epochs=1, out=run, **TINY))
+    out = str(tmp_path / "explain")
+    assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), "--limit", "0", "--batch-size", "300",
+                     "--overlays", "3", "--maps", os.path.join(out, "maps.npy"), "--out", out]) == 0
+    maps = np.load(os.path.join(out, "maps.npy"))
+    assert maps.shape == (1000, 28, 28) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    assert len([f for f in os.listdir(out) if f.endswith(".png")]) == 3
+    image = tmp_path / "shoe.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 30)) * 255).astype(np.uint8)).save(image)
+    assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), str(image), "--maps",
+                     str(tmp_path / "one.pt"), "--out", str(tmp_path / "files")]) == 0
+    assert torch.load(tmp_path / "one.pt", weights_only=True).shape == (1, 28, 28)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), str(tmp_path / "bad.png"),
+                     "--out", str(tmp_path / "bad")]) == 1
+    assert "not an image" in capsys.readouterr().err
