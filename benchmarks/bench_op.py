@@ -15,7 +15,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
-from batchcam.backend import GPU_KERNELS  # noqa: E402
 from common import copy_bandwidth, machine, measure, write_result  # noqa: E402
 
 # (B, C, H, W, dtype, channels_last): DESIGN.md section 6, plus B = 8 and channels-last on GPU.
