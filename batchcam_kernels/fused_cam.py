@@ -21,6 +21,8 @@ in a fixed order: no atomics, bitwise reproducible results.
 Layout. A sample is read through (stride_c, stride_p): (P, 1) for contiguous inputs and (1, C)
 for channels-last ones, so both are read in place; offsets are int64.
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -259,7 +261,7 @@ def _is_channels_last_dense(t):
 def _prepare(activations):
     """(channels_last, strides (b, c, p)) of the layout the kernels read the activations in."""
     B, C = activations.shape[:2]
-    P = activations[0, 0].numel() if B * C else 1
+    P = math.prod(activations.shape[2:])
     channels_last = not activations.is_contiguous() and _is_channels_last_dense(activations)
     strides = (C * P, 1, C) if channels_last else (C * P, P, 1)
     return channels_last, B, C, P, strides

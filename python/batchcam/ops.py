@@ -7,6 +7,8 @@ kernels, the CUDA implementation (Triton or C++/CUDA) and the public composite
                                                    autograd: csrc/fused_cam_autograd.cpp
            backward: cam_backward(gy, A, w, s, ext, ..., output_mask)
 """
+import math
+
 import torch
 
 from . import _C  # noqa: F401  (registers the schemas and the CPU kernels)
@@ -72,7 +74,7 @@ def _cam_forward_fake(activations, gradients, relu, normalize, eps, gpu_kernel):
     torch._check(activations.shape == gradients.shape, lambda: "fused_cam: shape mismatch")
     torch._check(activations.dtype == gradients.dtype, lambda: "fused_cam: dtype mismatch")
     B, C = activations.shape[:2]
-    P = activations[0, 0].numel()
+    P = math.prod(activations.shape[2:])
     acc = accumulation_dtype(activations.dtype)
     y = activations.new_empty((B, *activations.shape[2:]))
     return (
