@@ -39,6 +39,13 @@ constexpr int64_t kRows = 4;
 constexpr int64_t kMinChannelsPerBlock = 16;
 constexpr int64_t kTargetTasks = 32;
 
+// Samples per task of the per-sample passes (O(P) work each): small batches run inline, since
+// waking the thread pool costs more than the work.
+int64_t per_sample_grain(const CamShape& shape) {
+  constexpr int64_t kMinElementsPerTask = 16384;
+  return std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(shape.P, 1));
+}
+
 // Channel blocks per sample: enough (sample, block) tasks to occupy every core when B is small.
 int64_t channel_blocks(const CamShape& shape) {
   const int64_t wanted = (kTargetTasks + shape.B - 1) / std::max<int64_t>(shape.B, 1);
@@ -271,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
     acc_t* s_ptr = s.mutable_data_ptr<acc_t>();
     acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
     scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, shape.B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         finish_sample(shape.P, blocks, part_ptr + b * blocks * shape.P, relu, norm,
                       static_cast<acc_t>(eps), s_ptr + b * shape.P, ext_ptr + 2 * b,
@@ -296,7 +303,7 @@ void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& 
     const acc_t* s_ptr = s.const_data_ptr<acc_t>();
     const acc_t* ext_ptr = ext.const_data_ptr<acc_t>();
     acc_t* gs_ptr = gs.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, shape.B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm,
                           static_cast<acc_t>(eps), gs_ptr + b * P);
