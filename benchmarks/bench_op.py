@@ -1,7 +1,8 @@
 """fused_cam against the eager reference and torch.compile of the reference, in one process.
 
 For each shape: forward (no grad) and forward+backward (autograd.grad of the map with respect to
-both inputs), median of many runs. The bytes floor is 2 passes over B*C*P elements for the
+both inputs), median of many runs (CPU: the candidates run round-robin, one call each per round,
+so the machine's drift spreads over all of them). The bytes floor is 2 passes over B*C*P elements for the
 forward and 5 for forward+backward (DESIGN.md section 3), at the copy bandwidth measured here.
 
     python benchmarks/bench_op.py                      # CPU, shapes scaled to 2 cores
@@ -15,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
-from common import copy_bandwidth, machine, measure, write_result  # noqa: E402
+from common import copy_bandwidth, machine, measure_interleaved, write_result  # noqa: E402
 
 # (B, C, H, W, dtype, channels_last): DESIGN.md section 6, plus B = 8 and channels-last on GPU.
 GPU_SHAPES = [
@@ -62,24 +63,30 @@ def forward_and_backward(fn, a, g, gy):
 
 
 def time_shape(shape, device, kernels, budget_s):
+    """{(name, pass): seconds}; on CPU the candidates of a pass run round-robin (common.py)."""
     a, g, gy = make(shape, device)
     compiled = torch.compile(batchcam.fused_cam_reference, dynamic=False)
     candidates = {f"fused:{k}": (lambda k: lambda x, y: batchcam.fused_cam(x, y, backend=k))(k) for k in kernels}
     candidates["eager"] = batchcam.fused_cam_reference
     candidates["compile"] = compiled
-    times = {}
-    for name, fn in candidates.items():
-        with torch.no_grad():
-            times[name, "fwd"] = measure(lambda: fn(a, g), device, budget_s=budget_s)
-        times[name, "fwd+bwd"] = measure(forward_and_backward(fn, a.detach(), g.detach(), gy), device,
-                                         budget_s=budget_s)
-    return times
+
+    def forward(fn):
+        def run():
+            with torch.no_grad():
+                return fn(a, g)
+        return run
+
+    rounds = 30 if device.type == "cpu" else None
+    fwd = measure_interleaved({n: forward(fn) for n, fn in candidates.items()}, device, rounds, budget_s=budget_s)
+    both = measure_interleaved({n: forward_and_backward(fn, a.detach(), g.detach(), gy) for n, fn in candidates.items()},
+                               device, rounds, budget_s=budget_s)
+    return {**{(n, "fwd"): t for n, t in fwd.items()}, **{(n, "fwd+bwd"): t for n, t in both.items()}}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--budget", type=float, default=None, help="seconds of runs per measurement")
+    parser.add_argument("--budget", type=float, default=None, help="GPU: seconds of runs per measurement")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="also write the result files here")
     parser.add_argument("--quick", action="store_true", help="first two shapes only (smoke test)")
     args = parser.parse_args()
