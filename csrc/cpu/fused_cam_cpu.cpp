@@ -271,19 +271,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
     const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
     acc_t* w_ptr = w.mutable_data_ptr<acc_t>();
     acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
-    for_each_block(shape, blocks, [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
-      forward_block(shape, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * shape.C,
-                    part_ptr + (b * blocks + k) * shape.P);
-    });
     acc_t* s_ptr = s.mutable_data_ptr<acc_t>();
     acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
     scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
+    auto block = [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
+      forward_block(shape, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * shape.C,
+                    part_ptr + (b * blocks + k) * shape.P);
+    };
+    auto finish = [&](int64_t b) {
+      finish_sample(shape.P, blocks, part_ptr + b * blocks * shape.P, relu, norm,
+                    static_cast<acc_t>(eps), s_ptr + b * shape.P, ext_ptr + 2 * b, y_ptr + b * shape.P);
+    };
+    if (blocks == 1) {  // one task per sample does both: one parallel region, s still in cache
+      for_each_block(shape, 1, [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
+        block(b, k, c0, c1);
+        finish(b);
+      });
+      return;
+    }
+    for_each_block(shape, blocks, block);
     at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        finish_sample(shape.P, blocks, part_ptr + b * blocks * shape.P, relu, norm,
-                      static_cast<acc_t>(eps), s_ptr + b * shape.P, ext_ptr + 2 * b,
-                      y_ptr + b * shape.P);
-      }
+      for (int64_t b = begin; b < end; ++b) finish(b);
     });
   });
   return {y, w, s, ext};
@@ -303,20 +311,30 @@ void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& 
     const acc_t* s_ptr = s.const_data_ptr<acc_t>();
     const acc_t* ext_ptr = ext.const_data_ptr<acc_t>();
     acc_t* gs_ptr = gs.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm,
-                          static_cast<acc_t>(eps), gs_ptr + b * P);
-      }
-    });
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const acc_t* w_ptr = w.const_data_ptr<acc_t>();
     scalar_t* ga_ptr = ga ? ga->mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* gw_ptr = gw ? gw->mutable_data_ptr<scalar_t>() : nullptr;
-    for_each_block(shape, channel_blocks(shape), [&](int64_t b, int64_t, int64_t c0, int64_t c1) {
+    auto score_grad = [&](int64_t b) {
+      score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm,
+                        static_cast<acc_t>(eps), gs_ptr + b * P);
+    };
+    auto block = [&](int64_t b, int64_t, int64_t c0, int64_t c1) {
       backward_block(shape, a_ptr + b * CP, w_ptr + b * shape.C, gs_ptr + b * P, c0, c1,
                      ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? gw_ptr + b * shape.C : nullptr);
+    };
+    const int64_t blocks = channel_blocks(shape);
+    if (blocks == 1) {  // one task per sample does both, as in the forward
+      for_each_block(shape, 1, [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
+        score_grad(b);
+        block(b, k, c0, c1);
+      });
+      return;
+    }
+    at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) score_grad(b);
     });
+    for_each_block(shape, blocks, block);
   });
 }
 
