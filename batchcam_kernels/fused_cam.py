@@ -259,7 +259,7 @@ def _is_channels_last_dense(t):
 
 
 def _prepare(activations):
-    """(channels_last, strides (b, c, p)) of the layout the kernels read the activations in."""
+    """(channels_last, B, C, P, strides (b, c, p)) of the layout the kernels read the activations in."""
     B, C = activations.shape[:2]
     P = math.prod(activations.shape[2:])
     channels_last = not activations.is_contiguous() and _is_channels_last_dense(activations)

@@ -12,7 +12,8 @@ import math
 import torch
 
 from . import _C  # noqa: F401  (registers the schemas and the CPU kernels)
-from .backend import get_backend, gpu_kernel
+from .backend import get_backend
+from .backend import gpu_kernel as kernel_for_backend
 from .reference import NORMALIZE_MODES, accumulation_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -59,7 +60,7 @@ def fused_cam_op(activations, gradients, relu, normalize, eps, kernel):
 
 
 def _fused_cam_composite(activations, gradients, relu=True, normalize="minmax", eps=1e-7):
-    return fused_cam_op(activations, gradients, relu, normalize, eps, gpu_kernel(get_backend()))
+    return fused_cam_op(activations, gradients, relu, normalize, eps, kernel_for_backend(get_backend()))
 
 
 torch.library.impl("batchcam::fused_cam", "CompositeImplicitAutograd", _fused_cam_composite)
