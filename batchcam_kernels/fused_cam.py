@@ -219,16 +219,21 @@ def _backward_kernel(
 
 # --- Launch configuration -----------------------------------------------------------------------
 
+# Elements per tile and programs per SM the channel splits aim for (benchmarks/tune_triton.py
+# sweeps both on a GPU).
+TILE_ELEMENTS = 4096
+PROGRAMS_PER_SM = 4
+
 
 def launch_config(B, C, P, channels_last, device):
     """Tile sizes, channel splits per sample and warps: the one place launch heuristics live.
 
     Tiles run along the contiguous axis (positions for NCHW, channels for NHWC) and hold about
-    4096 elements. The channel reduction is split across programs until about 4 programs per SM
-    run (each split keeping at least a few tiles of channels); on CPU (Triton's interpreter) one
-    program per sample and split keeps the grid small.
+    TILE_ELEMENTS elements. The channel reduction is split across programs until about
+    PROGRAMS_PER_SM programs per SM run (each split keeping at least a few tiles of channels); on
+    CPU (Triton's interpreter) one program per sample and split keeps the grid small.
     """
-    tile = 4096
+    tile = TILE_ELEMENTS
     if channels_last:
         block_c = min(triton.next_power_of_2(C), 256)
         block_p = max(tile // block_c, 1)
@@ -237,7 +242,7 @@ def launch_config(B, C, P, channels_last, device):
         block_p = min(triton.next_power_of_2(P), 1024)
         block_c = min(max(tile // block_p, 1), triton.next_power_of_2(C))
     if device.type == "cuda":
-        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        programs = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
         max_splits = max(triton.cdiv(C, 4 * block_c), 1)
         splits = min(max(triton.cdiv(programs, B), 1), max_splits)
     else:

@@ -65,6 +65,7 @@ def forward_and_backward(fn, a, g, gy):
 def time_shape(shape, device, kernels, budget_s):
     """{(name, pass): seconds}; on CPU the candidates of a pass run round-robin (common.py)."""
     a, g, gy = make(shape, device)
+    torch._dynamo.reset()  # one shape's two graphs at a time: never past the recompile limit
     compiled = torch.compile(batchcam.fused_cam_reference, dynamic=False)
     candidates = {f"fused:{k}": (lambda k: lambda x, y: batchcam.fused_cam(x, y, backend=k))(k) for k in kernels}
     candidates["eager"] = batchcam.fused_cam_reference
