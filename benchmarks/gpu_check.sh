@@ -39,7 +39,7 @@ fi
 
 # The device has torch and triton but no network: build against them, install no dependencies.
 install=("$PY" -m pip install -q --no-build-isolation --no-deps -e .)
-run build 300 "${install[@]}"
+run build 240 "${install[@]}"
 if [ "$last_rc" = 0 ]; then
   "$PY" -c "import batchcam; assert batchcam.ops._cuda_kernels_built(), 'CUDA kernels not built'" || status=1
 else
@@ -49,10 +49,10 @@ fi
 
 parallel=()
 "$PY" -c "import xdist" 2>/dev/null && parallel=(-n 8)
-run tests 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
+run tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
   -rfE > "$OUT/pytest-gpu.txt" 2>&1
 tail -40 "$OUT/pytest-gpu.txt" 2>/dev/null
-run bench_op 240 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
-run bench_explain 150 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
-run tune 120 "$PY" benchmarks/tune_triton.py --out "$OUT"
+run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
+run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
+run tune 90 "$PY" benchmarks/tune_triton.py --out "$OUT"
 exit $status
