@@ -9,7 +9,7 @@ positions and C channels, the map is
 
 and its vector-Jacobian product, given gy:
 
-    gr = gy / d + [r = min] g_lo / n_lo + [r = max] g_hi / n_hi     (ties share evenly)
+    gr = (gy + [r = min] g_lo / n_lo + [r = max] g_hi / n_hi) / d   (ties share evenly)
     gs = gr * [s > 0]        gA[c,p] = w[c] gs[p]        gG[c,p] = gw[c] = 1/P sum_p A[c,p] gs[p]
 
 Bytes. The forward reads A and G once (2 B*C*P elements) and writes O(B*(C+P)); the backward
@@ -19,7 +19,8 @@ that small batches still fill the GPU) writes per-split partial sums that a seco
 in a fixed order: no atomics, bitwise reproducible results.
 
 Layout. A sample is read through (stride_c, stride_p): (P, 1) for contiguous inputs and (1, C)
-for channels-last ones, so both are read in place; offsets are int64.
+for channels-last ones, so both are read in place. Sample offsets are int64; offsets within a
+sample are int32 (fewer registers) unless one sample has 2^31 elements or more (WIDE).
 """
 import math
 
@@ -35,11 +36,15 @@ NORMALIZE_CODES = {"minmax": MINMAX, "max": MAX, "none": NONE}
 
 
 @triton.jit
-def _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Channels, positions, int64 element offsets and mask of one BLOCK_C x BLOCK_P tile."""
+def _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                  WIDE: tl.constexpr):
+    """Channels, positions, element offsets within the sample and mask of one BLOCK_C x BLOCK_P tile."""
     cs = c0 + tl.arange(0, BLOCK_C)
     ps = p0 + tl.arange(0, BLOCK_P)
-    offsets = cs[:, None].to(tl.int64) * stride_c + ps[None, :].to(tl.int64) * stride_p
+    if WIDE:
+        offsets = cs[:, None].to(tl.int64) * stride_c + ps[None, :].to(tl.int64) * stride_p
+    else:
+        offsets = cs[:, None] * stride_c + ps[None, :] * stride_p
     mask = (cs < c_end)[:, None] & (ps < P)[None, :]
     return cs, ps, offsets, mask
 
@@ -51,7 +56,7 @@ def _forward_partial_kernel(
     W,  # out: channel weights (B, C), ACC dtype
     S_PART,  # out: partial scores (B, SPLITS, P) of each channel split, ACC dtype
     C, P, stride_b, stride_c, stride_p, channels_per_split,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
@@ -61,26 +66,26 @@ def _forward_partial_kernel(
     g_sample = G + b * stride_b
     w_sample = W + b * C
 
-    # w[c] = 1/P sum_p G[c, p] for this split's channels
+    # w[c] = 1/P sum_p G[c, p] for this split's channels. Tiles are summed elementwise and reduced
+    # once per row of tiles: the loop carries no cross-thread reduction.
     for c0 in range(c_start, c_end, BLOCK_C):
-        w = tl.zeros([BLOCK_C], dtype=ACC)
+        w_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
         for p0 in range(0, P, BLOCK_P):
-            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
-            w += tl.sum(tl.load(g_sample + offsets, mask=mask, other=0).to(ACC), axis=1)
+            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
+            w_tiles += tl.load(g_sample + offsets, mask=mask, other=0).to(ACC)
         cs = c0 + tl.arange(0, BLOCK_C)
-        tl.store(w_sample + cs, w / P, mask=cs < c_end)
+        tl.store(w_sample + cs, tl.sum(w_tiles, axis=1) / P, mask=cs < c_end)
     tl.debug_barrier()  # the weights just stored are read back below by other threads
 
-    # s[p] = sum_c w[c] A[c, p] over this split's channels
+    # s[p] = sum_c w[c] A[c, p] over this split's channels, reduced once per column of tiles
     for p0 in range(0, P, BLOCK_P):
-        s = tl.zeros([BLOCK_P], dtype=ACC)
+        s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
         for c0 in range(c_start, c_end, BLOCK_C):
-            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
             w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
-            a = tl.load(a_sample + offsets, mask=mask, other=0).to(ACC)
-            s += tl.sum(w[:, None] * a, axis=0)
+            s_tiles += w[:, None] * tl.load(a_sample + offsets, mask=mask, other=0).to(ACC)
         ps = p0 + tl.arange(0, BLOCK_P)
-        tl.store(S_PART + (b * tl.num_programs(1) + split) * P + ps, s, mask=ps < P)
+        tl.store(S_PART + (b * tl.num_programs(1) + split) * P + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
 
 
 @triton.jit
@@ -152,6 +157,8 @@ def _score_grad_kernel(
     lo = tl.load(EXT + 2 * b)
     hi = tl.load(EXT + 2 * b + 1)
     shift, d = _normaliser(lo, hi, eps, NORMALIZE)
+    # gr = (gy + [r = lo] g_lo + [r = hi] g_hi) / d: one division, after the sum, so that terms
+    # that cancel (P = 1: r = lo = hi) cancel exactly whatever the division's rounding
     g_lo = 0.0 * lo
     g_hi = 0.0 * lo
     if NORMALIZE != 2:
@@ -169,17 +176,17 @@ def _score_grad_kernel(
             n_lo += (mask & (r == lo)).to(tl.int32)
             n_hi += (mask & (r == hi)).to(tl.int32)
         total_gy_y = tl.sum(sum_gy_y, axis=0)
-        # dy_p/dhi = -y_p / d;  dy_p/dlo = (y_p - 1) / d (minmax); ties share evenly
-        g_hi = -total_gy_y / d / tl.maximum(tl.sum(n_hi, axis=0), 1)
+        # d * dy_p/dhi = -y_p;  d * dy_p/dlo = y_p - 1 (minmax); ties share evenly
+        g_hi = -total_gy_y / tl.maximum(tl.sum(n_hi, axis=0), 1)
         if NORMALIZE == 0:
-            g_lo = (total_gy_y - tl.sum(sum_gy, axis=0)) / d / tl.maximum(tl.sum(n_lo, axis=0), 1)
+            g_lo = (total_gy_y - tl.sum(sum_gy, axis=0)) / tl.maximum(tl.sum(n_lo, axis=0), 1)
     for p0 in range(0, P, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
         mask = ps < P
         s = tl.load(S + b * P + ps, mask=mask, other=0)
         r = _rectify(s, RELU)
-        gr = tl.load(GY + b * P + ps, mask=mask, other=0).to(ACC) / d
-        gr += tl.where(r == lo, g_lo, 0.0) + tl.where(r == hi, g_hi, 0.0)
+        gr = tl.load(GY + b * P + ps, mask=mask, other=0).to(ACC)
+        gr = (gr + tl.where(r == lo, g_lo, 0.0) + tl.where(r == hi, g_hi, 0.0)) / d
         if RELU:
             gr = tl.where(s > 0, gr, 0.0)
         tl.store(GS + b * P + ps, gr, mask=mask)
@@ -194,35 +201,38 @@ def _backward_kernel(
     GW,  # out: gradient of the gradients per channel (B, C), dtype of A (if WRITE_GW)
     C, P, stride_b, stride_c, stride_p, channels_per_split,
     WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     c_start = tl.program_id(1) * channels_per_split
     c_end = tl.minimum(c_start + channels_per_split, C)
-    # gA[c, p] = w[c] gs[p];  gw[c] = 1/P sum_p A[c, p] gs[p]
+    # gA[c, p] = w[c] gs[p];  gw[c] = 1/P sum_p A[c, p] gs[p] (reduced once per row of tiles)
     for c0 in range(c_start, c_end, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
         w = tl.load(W + b * C + cs, mask=cs < c_end, other=0)
-        gw = tl.zeros([BLOCK_C], dtype=ACC)
+        gw_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
         for p0 in range(0, P, BLOCK_P):
-            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P)
+            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
             gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
             if WRITE_GA:
                 ga = w[:, None] * gs[None, :]
                 tl.store(GA + b * stride_b + offsets, ga.to(GA.dtype.element_ty), mask=mask)
             if WRITE_GW:
-                a = tl.load(A + b * stride_b + offsets, mask=mask, other=0).to(ACC)
-                gw += tl.sum(a * gs[None, :], axis=1)
+                gw_tiles += tl.load(A + b * stride_b + offsets, mask=mask, other=0).to(ACC) * gs[None, :]
         if WRITE_GW:
-            tl.store(GW + b * C + cs, (gw / P).to(GW.dtype.element_ty), mask=cs < c_end)
+            gw = tl.sum(gw_tiles, axis=1) / P
+            tl.store(GW + b * C + cs, gw.to(GW.dtype.element_ty), mask=cs < c_end)
 
 
 # --- Launch configuration -----------------------------------------------------------------------
 
-# Elements per tile and programs per SM the channel splits aim for (benchmarks/tune_triton.py
-# sweeps both on a GPU).
-TILE_ELEMENTS = 4096
+# Elements per tile (contiguous, channels-last) and programs per SM the channel splits aim for:
+# benchmarks/tune_triton.py sweeps them on a GPU (H100: 8192 beat 4096 by 1.4x for channels-last
+# 64x256x56x56 and tied elsewhere; programs per SM between 2 and 8 tied).
+TILE_ELEMENTS = {False: 4096, True: 8192}
 PROGRAMS_PER_SM = 4
+# Samples of at least this many elements are addressed with int64 offsets within the sample too.
+WIDE_OFFSETS_FROM = 2**31
 
 
 def launch_config(B, C, P, channels_last, device):
@@ -233,7 +243,7 @@ def launch_config(B, C, P, channels_last, device):
     PROGRAMS_PER_SM programs per SM run (each split keeping at least a few tiles of channels); on
     CPU (Triton's interpreter) one program per sample and split keeps the grid small.
     """
-    tile = TILE_ELEMENTS
+    tile = TILE_ELEMENTS[channels_last]
     if channels_last:
         block_c = min(triton.next_power_of_2(C), 256)
         block_p = max(tile // block_c, 1)
@@ -302,7 +312,7 @@ def cam_forward(activations, gradients, relu, normalize, eps):
     s_part = torch.empty((B, splits, P), dtype=acc, device=a.device)
     _forward_partial_kernel[(B, splits)](
         a, g, w, s_part, C, P, stride_b, stride_c, stride_p, per_split,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), num_warps=warps,
+        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM, num_warps=warps,
     )
     _forward_finish_kernel[(B,)](
         s_part, s, ext, y, splits, P, eps,
@@ -333,6 +343,6 @@ def cam_backward(grad_map, activations, weights, scores, extremes, relu, normali
         a, weights.contiguous(), gs, ga if ga is not None else a, gw if gw is not None else weights,
         C, P, stride_b, stride_c, stride_p, per_split,
         WRITE_GA=ga is not None, WRITE_GW=gw is not None,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), num_warps=warps,
+        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM, num_warps=warps,
     )
     return ga, gw

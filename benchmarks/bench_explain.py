@@ -18,6 +18,7 @@ The anchors are benchmark-only: run this in an environment that has them, e.g.
     /opt/bcbench/bin/python benchmarks/bench_explain.py [--device cuda]
 """
 import argparse
+import contextlib
 import os
 import sys
 
@@ -105,19 +106,32 @@ def methods(model, layer, x, targets):
     return found
 
 
+@contextlib.contextmanager
+def full_precision_convolutions():
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+
+
 def bench_model(label, model, layer, x, device, budget, rounds):
     model.eval()
     with torch.no_grad():
         targets = model(x).argmax(1)
     candidates = methods(model, layer, x, targets)
-    reference = to_input_size(candidates["batchcam fused"]().cpu(), x.shape[2:])
     agreement = {}
-    for name, fn in candidates.items():
-        out = fn()
-        maps = to_input_size(out.detach().cpu() if torch.is_tensor(out) else np.asarray(out), x.shape[2:])
-        agreement[name] = float((maps - reference).abs().max())
-        if not agreement[name] <= TOLERANCE:
-            raise AssertionError(f"{label}: {name} disagrees with batchcam by {agreement[name]:.2e} > {TOLERANCE}")
+    # Agreement in full float32: cuDNN's TF32 convolutions (on by default) round differently for a
+    # batch of 1 than for the whole batch, which alone moves the per-sample loop's maps by ~1e-3.
+    with full_precision_convolutions():
+        reference = to_input_size(candidates["batchcam fused"]().cpu(), x.shape[2:])
+        for name, fn in candidates.items():
+            out = fn()
+            maps = to_input_size(out.detach().cpu() if torch.is_tensor(out) else np.asarray(out), x.shape[2:])
+            agreement[name] = float((maps - reference).abs().max())
+            if not agreement[name] <= TOLERANCE:
+                raise AssertionError(f"{label}: {name} disagrees with batchcam by {agreement[name]:.2e} > {TOLERANCE}")
     def plain_forward():
         with torch.no_grad():
             return model(x)
@@ -144,7 +158,7 @@ def main():
     torch.manual_seed(0)
     info = machine(device)
     header = ["model, batch", "method", "ms / batch", "x forward", "x batchcam fused", "max |map diff|"]
-    rows = []
+    rows, failures = [], []
     setups = [("simple-cnn 28x28, 256", build_model("simple-cnn"), 256, 28),
               ("resnet18 28x28, 64", build_model("resnet18"), 64, 28)]
     if device.type == "cuda":
@@ -156,9 +170,15 @@ def main():
         channels = 3 if "torchvision" in label else 1
         x = torch.rand(batch, channels, side, side, device=device)
         layer = model.layer4 if "torchvision" in label else model.target_layer
-        rows += bench_model(label, model, layer, x, device, args.budget, args.rounds)
-    table, paths = write_result("bench_explain", info, header, rows, {"tolerance": TOLERANCE}, args.out)
+        try:
+            rows += bench_model(label, model, layer, x, device, args.budget, args.rounds)
+        except AssertionError as disagreement:  # reported, and the other models still run
+            failures.append(str(disagreement))
+            print(f"FAILED {disagreement}", flush=True)
+    table, paths = write_result("bench_explain", info, header, rows,
+                                {"tolerance": TOLERANCE, "failures": failures}, args.out)
     print(f"\n{info['device']}, torch {info['torch']}, commit {info['commit']}\n\n{table}\n\nwritten: {', '.join(paths)}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

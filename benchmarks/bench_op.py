@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
-from common import copy_bandwidth, machine, measure_interleaved, write_result  # noqa: E402
+from common import copy_bandwidth, machine, measure_graph, measure_interleaved, write_result  # noqa: E402
 
 # (B, C, H, W, dtype, channels_last): DESIGN.md section 6, plus B = 8 and channels-last on GPU.
 GPU_SHAPES = [
@@ -63,7 +63,8 @@ def forward_and_backward(fn, a, g, gy):
 
 
 def time_shape(shape, device, kernels, budget_s):
-    """{(name, pass): seconds}; on CPU the candidates of a pass run round-robin (common.py)."""
+    """{(name, pass): seconds} as launched from Python (CPU: the candidates of a pass run
+    round-robin, common.py) and, on CUDA, {(name, pass, "gpu"): seconds} replayed from a CUDA graph."""
     a, g, gy = make(shape, device)
     torch._dynamo.reset()  # one shape's two graphs at a time: never past the recompile limit
     compiled = torch.compile(batchcam.fused_cam_reference, dynamic=False)
@@ -78,10 +79,51 @@ def time_shape(shape, device, kernels, budget_s):
         return run
 
     rounds = 30 if device.type == "cpu" else None
-    fwd = measure_interleaved({n: forward(fn) for n, fn in candidates.items()}, device, rounds, budget_s=budget_s)
-    both = measure_interleaved({n: forward_and_backward(fn, a.detach(), g.detach(), gy) for n, fn in candidates.items()},
-                               device, rounds, budget_s=budget_s)
-    return {**{(n, "fwd"): t for n, t in fwd.items()}, **{(n, "fwd+bwd"): t for n, t in both.items()}}
+    times = {}
+    for pass_name, make_run in (("fwd", forward),
+                                ("fwd+bwd", lambda fn: forward_and_backward(fn, a.detach(), g.detach(), gy))):
+        runs = {n: make_run(fn) for n, fn in candidates.items()}
+        for n, t in measure_interleaved(runs, device, rounds, budget_s=budget_s).items():
+            times[n, pass_name] = t
+        if device.type == "cuda":
+            for n, run in runs.items():
+                times[n, pass_name, "gpu"] = measure_graph(run)
+    return times
+
+
+def _us(seconds):
+    return "-" if seconds is None else f"{seconds * 1e6:.1f}"
+
+
+def _ratio(num, den):
+    return "-" if num is None or den is None else f"{num / den:.2f}"
+
+
+def table_rows(shape, times, kernels, bandwidth, gpu):
+    """Two rows (fwd, fwd+bwd): times, then ratios. On a GPU the floor ratio and the faster
+    kernel use the CUDA-graph (GPU) times; eager and compile ratios are given both ways."""
+    B, C, H, W, dtype, channels_last = shape
+    nbytes = B * C * H * W * torch.empty((), dtype=dtype).element_size()
+    rows = []
+    for pass_name, passes in (("fwd", 2), ("fwd+bwd", 5)):
+        floor = passes * nbytes / bandwidth
+        names = [f"fused:{k}" for k in kernels] + ["eager", "compile"]
+        key = (lambda n: (n, pass_name, "gpu")) if gpu else (lambda n: (n, pass_name))
+        fused = {k: times[key(f"fused:{k}")] for k in kernels}
+        best = min(fused, key=lambda k: float("inf") if fused[k] is None else fused[k])
+        row = [f"{B},{C},{H},{W}", DTYPE_NAMES[dtype], "NHWC" if channels_last else "NCHW", pass_name,
+               _us(floor)]
+        row += [_us(times[n, pass_name]) for n in names]
+        row += [_us(times[n, pass_name, "gpu"]) for n in names] if gpu else []
+        launched_best = times[f"fused:{best}", pass_name]
+        row += [_ratio(floor, fused[best]), _ratio(times["eager", pass_name], launched_best),
+                _ratio(times["compile", pass_name], launched_best)]
+        if gpu:
+            row += [_ratio(times["eager", pass_name, "gpu"], fused[best]),
+                    _ratio(times["compile", pass_name, "gpu"], fused[best])]
+        row += [best] if len(kernels) > 1 else []
+        rows.append(row)
+    return rows
 
 
 def main():
@@ -93,7 +135,8 @@ def main():
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    if device.type == "cuda":
+    gpu = device.type == "cuda"
+    if gpu:
         shapes, budget = GPU_SHAPES, args.budget or 0.5
         kernels = ["triton"] + (["cuda"] if batchcam.ops._cuda_kernels_built() else [])
     else:
@@ -103,29 +146,23 @@ def main():
     info = machine(device)
     print(f"{info['device']}: copy bandwidth {bandwidth / 1e9:.1f} GB/s; torch {info['torch']}")
 
-    header = ["shape (B,C,H,W)", "dtype", "layout", "pass", "floor us"]
-    header += [f"{k} us" for k in kernels] + ["eager us", "compile us"]
-    header += ["floor/fused", "eager/fused", "compile/fused"] + (["faster kernel"] if len(kernels) > 1 else [])
+    names = kernels + ["eager", "compile"]
+    header = ["shape (B,C,H,W)", "dtype", "layout", "pass", "floor us"] + [f"{n} us" for n in names]
+    header += [f"{n} gpu us" for n in names] if gpu else []
+    header += ["floor/fused", "eager/fused", "compile/fused"]
+    header += ["eager/fused gpu", "compile/fused gpu"] if gpu else []
+    header += ["faster kernel"] if len(kernels) > 1 else []
     rows = []
     for shape in shapes:
-        times = time_shape(shape, device, kernels, budget)
-        B, C, H, W, dtype, channels_last = shape
-        elements = B * C * H * W * torch.empty((), dtype=dtype).element_size()
-        for pass_name, passes in (("fwd", 2), ("fwd+bwd", 5)):
-            floor = passes * elements / bandwidth
-            fused = {k: times[f"fused:{k}", pass_name] for k in kernels}
-            best = min(fused, key=fused.get)
-            row = [f"{B},{C},{H},{W}", DTYPE_NAMES[dtype], "NHWC" if channels_last else "NCHW", pass_name,
-                   f"{floor * 1e6:.1f}"]
-            row += [f"{fused[k] * 1e6:.1f}" for k in kernels]
-            row += [f"{times['eager', pass_name] * 1e6:.1f}", f"{times['compile', pass_name] * 1e6:.1f}"]
-            row += [f"{floor / fused[best]:.2f}", f"{times['eager', pass_name] / fused[best]:.2f}",
-                    f"{times['compile', pass_name] / fused[best]:.2f}"]
-            row += [best] if len(kernels) > 1 else []
+        for row in table_rows(shape, time_shape(shape, device, kernels, budget), kernels, bandwidth, gpu):
             rows.append(row)
             print(" | ".join(row), flush=True)
-    table, paths = write_result("bench_op", info, header, rows,
-                                {"copy_bandwidth_GBps": bandwidth / 1e9, "kernels": kernels}, args.out)
+    notes = {"copy_bandwidth_GBps": bandwidth / 1e9, "kernels": kernels}
+    if gpu:
+        notes["columns"] = ("'us': do_bench (L2 flushed), launched from Python, host overhead included "
+                            "where the host is slower than the GPU; 'gpu us': replayed from a CUDA graph "
+                            "(kernels alone); floor/fused and the faster kernel use the gpu times")
+    table, paths = write_result("bench_op", info, header, rows, notes, args.out)
     print(f"\n{info['device']}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, commit {info['commit']}\n")
     print(table)
     print("\nwritten: " + ", ".join(paths))

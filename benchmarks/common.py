@@ -37,6 +37,34 @@ def measure(fn, device, reps=None, warmup=3, budget_s=2.0):
     return statistics.median(times)
 
 
+def measure_graph(fn, reps=50):
+    """Median GPU time of fn() in seconds, replayed from a CUDA graph: the kernels alone, without
+    the host's launch overhead (which `measure` includes wherever the host is slower than the
+    GPU). The L2 cache is flushed before each replay. None if fn cannot be captured."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as error:
+        print(f"(not capturable in a CUDA graph: {str(error).splitlines()[0]})")
+        return None
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
+
+
 def measure_interleaved(fns, device, rounds=10, warmup=2, budget_s=0.5):
     """{name: median seconds} of several functions. On CPU they run round-robin, one call each
     per round, so that the machine's drift (frequency, other tenants) spreads over all of them

@@ -1,5 +1,6 @@
 """torch.ops.batchcam.fused_cam against the float64 reference: every backend present, forward and
 backward, dtypes, layouts, shapes, ties, NaN, gradcheck, opcheck, torch.compile, determinism."""
+import contextlib
 import functools
 
 import pytest
@@ -218,6 +219,49 @@ def test_other_strides_are_copied():
     torch.testing.assert_close(batchcam.fused_cam(a_t, g_t), batchcam.fused_cam(a_t.contiguous(), g_t.contiguous()))
     a_s, g_s = a[::2], g[::2]  # every other sample
     torch.testing.assert_close(batchcam.fused_cam(a_s, g_s), batchcam.fused_cam(a_s.contiguous(), g_s.contiguous()))
+
+
+TRITON_DEVICES = [
+    pytest.param("cpu", id="cpu-triton-interpreter"),
+    pytest.param("cuda", id="cuda-triton", marks=pytest.mark.gpu),
+]
+
+
+@pytest.mark.usefixtures("poisoned_empty")
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_triton_wide_offsets(device, channels_last, monkeypatch):
+    """The Triton kernels' int64 in-sample offsets (used from 2^31 elements per sample), forced
+    on small inputs."""
+    from batchcam_kernels import fused_cam as triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "WIDE_OFFSETS_FROM", 0)
+    a, g = make_inputs((3, 37, 5, 7), torch.float32, device, channels_last, requires_grad=True)
+    with triton_kernels_on_cpu() if device == "cpu" else contextlib.nullcontext():
+        check_against_reference(op_for(device, "triton"), a, g)
+
+
+@pytest.mark.gpu
+def test_one_sample_of_more_than_2_31_elements_triton():
+    """One bf16 sample of 2.15e9 elements (the Triton kernels' int64 in-sample offsets), checked
+    against a float64 composition computed in channel chunks (the whole float64 reference would
+    need about 70 GB)."""
+    C, H, W = 8200, 512, 512
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(1, C, H, W, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    g = torch.randn(1, C, H, W, device="cuda", dtype=torch.bfloat16, generator=gen)
+    y = batchcam.fused_cam(a, g, backend="triton")
+    (ga,) = torch.autograd.grad(y, a, torch.ones_like(y))
+    w = torch.cat([chunk.double().mean((2, 3)) for chunk in g.split(512, dim=1)], dim=1)  # (1, C)
+    s = sum((w[:, c0 : c0 + 512, None, None] * chunk.double()).sum(1)
+            for c0, chunk in zip(range(0, C, 512), a.detach().split(512, dim=1)))
+    s.requires_grad_()
+    y64 = batchcam.fused_cam_reference(s.unsqueeze(1), torch.ones_like(s).unsqueeze(1))  # map of s itself
+    (gs,) = torch.autograd.grad(y64, s, torch.ones_like(y64))
+    torch.testing.assert_close(to64(y), y64.detach(), rtol=0, atol=2e-2)
+    for c in (0, C - 1):  # gA[c, p] = w[c] gs[p]: the first and the last channel
+        expected = w[0, c] * gs[0]
+        torch.testing.assert_close(to64(ga[0, c]), expected, rtol=2e-2, atol=1e-6 * float(expected.abs().max()))
 
 
 @pytest.mark.gpu

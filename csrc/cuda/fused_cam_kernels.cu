@@ -101,17 +101,30 @@ __device__ acc_t block_reduce(acc_t v, Op op, acc_t* smem /* kWarps */) {
 }
 
 // out[r] = scale * sum_{l in [l0, l1)} m[r * cols + l] * (v ? v[l] : 1), for r in [r0, r1).
+// A warp reduces kRowsPerWarp rows at once (rows warp, warp + kWarps, ...), so that short rows
+// (P = 49) still keep several loads in flight per thread.
+constexpr int kRowsPerWarp = 4;
+
 template <typename T, typename acc_t, typename out_t>
 __device__ void rows_dot(const T* m, int64_t cols, int64_t r0, int64_t r1, int64_t l0, int64_t l1,
                          const acc_t* v, out_t* out, acc_t scale) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int64_t r = r0 + warp; r < r1; r += kWarps) {
-    const T* row = m + r * cols;
-    acc_t sum = 0;
-#pragma unroll 4
-    for (int64_t l = l0 + lane; l < l1; l += 32) sum += to_acc<acc_t>(row[l]) * (v ? v[l] : acc_t(1));
-    sum = warp_sum(sum);
-    if (lane == 0) out[r] = from_acc<out_t>(sum * scale);
+  for (int64_t r = r0 + warp; r < r1; r += kWarps * kRowsPerWarp) {
+    acc_t sum[kRowsPerWarp] = {};
+    for (int64_t l = l0 + lane; l < l1; l += 32) {
+      const acc_t weight = v ? v[l] : acc_t(1);
+#pragma unroll
+      for (int k = 0; k < kRowsPerWarp; ++k) {
+        const int64_t row = r + k * kWarps;
+        if (row < r1) sum[k] += to_acc<acc_t>(m[row * cols + l]) * weight;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kRowsPerWarp; ++k) {
+      const int64_t row = r + k * kWarps;
+      const acc_t total = warp_sum(sum[k]);  // every lane takes part in the shuffles
+      if (lane == 0 && row < r1) out[row] = from_acc<out_t>(total * scale);
+    }
   }
 }
 
