@@ -50,6 +50,14 @@ def _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C: tl.constexpr, B
 
 
 @triton.jit
+def _load_tile(X, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+               ACC: tl.constexpr, WIDE: tl.constexpr):
+    """One BLOCK_C x BLOCK_P tile of a sample, zero outside it, in the accumulation type."""
+    cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
+    return tl.load(X + offsets, mask=mask, other=0).to(ACC)
+
+
+@triton.jit
 def _forward_partial_kernel(
     A,  # activations (B, C, P) at (stride_b, stride_c, stride_p)
     G,  # gradients, same shape and strides
@@ -57,6 +65,7 @@ def _forward_partial_kernel(
     S_PART,  # out: partial scores (B, SPLITS, P) of each channel split, ACC dtype
     C, P, stride_b, stride_c, stride_p, channels_per_split,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
+    ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
@@ -67,12 +76,15 @@ def _forward_partial_kernel(
     w_sample = W + b * C
 
     # w[c] = 1/P sum_p G[c, p] for this split's channels. Tiles are summed elementwise and reduced
-    # once per row of tiles: the loop carries no cross-thread reduction.
-    for c0 in range(c_start, c_end, BLOCK_C):
-        w_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
-        for p0 in range(0, P, BLOCK_P):
-            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
-            w_tiles += tl.load(g_sample + offsets, mask=mask, other=0).to(ACC)
+    # once per row of tiles: the loop carries no cross-thread reduction. With one tile of
+    # positions the channel loop is the innermost one, so it can be software-pipelined.
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES if ONE_P_TILE else 1):
+        if ONE_P_TILE:
+            w_tiles = _load_tile(g_sample, c0, 0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+        else:
+            w_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+            for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
+                w_tiles += _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
         cs = c0 + tl.arange(0, BLOCK_C)
         tl.store(w_sample + cs, tl.sum(w_tiles, axis=1) / P, mask=cs < c_end)
     tl.debug_barrier()  # the weights just stored are read back below by other threads
@@ -80,10 +92,10 @@ def _forward_partial_kernel(
     # s[p] = sum_c w[c] A[c, p] over this split's channels, reduced once per column of tiles
     for p0 in range(0, P, BLOCK_P):
         s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
-        for c0 in range(c_start, c_end, BLOCK_C):
-            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
+        for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES):
+            cs = c0 + tl.arange(0, BLOCK_C)
             w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
-            s_tiles += w[:, None] * tl.load(a_sample + offsets, mask=mask, other=0).to(ACC)
+            s_tiles += w[:, None] * _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
         ps = p0 + tl.arange(0, BLOCK_P)
         tl.store(S_PART + (b * tl.num_programs(1) + split) * P + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
 
@@ -202,35 +214,51 @@ def _backward_kernel(
     C, P, stride_b, stride_c, stride_p, channels_per_split,
     WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
+    ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     c_start = tl.program_id(1) * channels_per_split
     c_end = tl.minimum(c_start + channels_per_split, C)
     # gA[c, p] = w[c] gs[p];  gw[c] = 1/P sum_p A[c, p] gs[p] (reduced once per row of tiles)
-    for c0 in range(c_start, c_end, BLOCK_C):
+    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES if ONE_P_TILE else 1):
         cs = c0 + tl.arange(0, BLOCK_C)
         w = tl.load(W + b * C + cs, mask=cs < c_end, other=0)
-        gw_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
-        for p0 in range(0, P, BLOCK_P):
-            cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
-            gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
-            if WRITE_GA:
-                ga = w[:, None] * gs[None, :]
-                tl.store(GA + b * stride_b + offsets, ga.to(GA.dtype.element_ty), mask=mask)
-            if WRITE_GW:
-                gw_tiles += tl.load(A + b * stride_b + offsets, mask=mask, other=0).to(ACC) * gs[None, :]
+        if ONE_P_TILE:
+            gw_tiles = _backward_tile(A, GS, GA, w, b, c0, 0, c_end, P, stride_b, stride_c, stride_p,
+                                      WRITE_GA, WRITE_GW, BLOCK_C, BLOCK_P, ACC, WIDE)
+        else:
+            gw_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+            for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
+                gw_tiles += _backward_tile(A, GS, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
+                                           WRITE_GA, WRITE_GW, BLOCK_C, BLOCK_P, ACC, WIDE)
         if WRITE_GW:
             gw = tl.sum(gw_tiles, axis=1) / P
             tl.store(GW + b * C + cs, gw.to(GW.dtype.element_ty), mask=cs < c_end)
 
 
+@triton.jit
+def _backward_tile(A, GS, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
+                   WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr, BLOCK_C: tl.constexpr,
+                   BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr):
+    """Stores the tile's gA = w gs (if WRITE_GA); returns its A * gs (zeros unless WRITE_GW)."""
+    cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
+    gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
+    if WRITE_GA:
+        tl.store(GA + b * stride_b + offsets, (w[:, None] * gs[None, :]).to(GA.dtype.element_ty), mask=mask)
+    if WRITE_GW:
+        return tl.load(A + b * stride_b + offsets, mask=mask, other=0).to(ACC) * gs[None, :]
+    return tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+
+
 # --- Launch configuration -----------------------------------------------------------------------
 
 # Elements per tile (contiguous, channels-last) and programs per SM the channel splits aim for:
-# benchmarks/tune_triton.py sweeps them on a GPU (H100: 8192 beat 4096 by 1.4x for channels-last
-# 64x256x56x56 and tied elsewhere; programs per SM between 2 and 8 tied).
+# benchmarks/tune_triton.py sweeps the tile sizes on a GPU (results/tune_triton-h100-*: 8192 beat
+# 4096 for channels-last 64x256x56x56; programs per SM from 2 to 8 tied in an earlier sweep).
 TILE_ELEMENTS = {False: 4096, True: 8192}
 PROGRAMS_PER_SM = 4
+# Software-pipelining depth of the tile loops (1: none; tune_triton.py sweeps it).
+LOOP_STAGES = 1
 # Samples of at least this many elements are addressed with int64 offsets within the sample too.
 WIDE_OFFSETS_FROM = 2**31
 
@@ -312,7 +340,8 @@ def cam_forward(activations, gradients, relu, normalize, eps):
     s_part = torch.empty((B, splits, P), dtype=acc, device=a.device)
     _forward_partial_kernel[(B, splits)](
         a, g, w, s_part, C, P, stride_b, stride_c, stride_p, per_split,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM, num_warps=warps,
+        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM,
+        ONE_P_TILE=P <= block_p, STAGES=LOOP_STAGES, num_warps=warps,
     )
     _forward_finish_kernel[(B,)](
         s_part, s, ext, y, splits, P, eps,
@@ -343,6 +372,7 @@ def cam_backward(grad_map, activations, weights, scores, extremes, relu, normali
         a, weights.contiguous(), gs, ga if ga is not None else a, gw if gw is not None else weights,
         C, P, stride_b, stride_c, stride_p, per_split,
         WRITE_GA=ga is not None, WRITE_GW=gw is not None,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM, num_warps=warps,
+        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM,
+        ONE_P_TILE=P <= block_p, STAGES=LOOP_STAGES, num_warps=warps,
     )
     return ga, gw

@@ -104,8 +104,10 @@ def machine(device):
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(RESULTS)).stdout.strip() or "unknown"
+    # BATCHCAM_COMMIT: for a copy of the tree whose git metadata is not its own (the device tool's)
+    commit = os.environ.get("BATCHCAM_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(RESULTS)
+    ).stdout.strip() or "unknown"
     return {
         "device": name,
         "torch": torch.__version__,

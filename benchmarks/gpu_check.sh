@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One run on a lent GPU (the device tool): build with CUDA, GPU tests, op benchmark, explain
-# benchmark, Triton launch sweep. Each stage has its own time limit and a failing stage does not
+# One run on a lent GPU (the device tool): build with CUDA, GPU tests, Triton launch sweep, op
+# benchmark, explain benchmark. Each stage has its own time limit and a failing stage does not
 # stop the next; result files go to benchmarks/results/ and to $OUT. About 5-6 minutes on an H100.
 #
 #   bash benchmarks/gpu_check.sh
-#   STAGES="build bench_op" bash benchmarks/gpu_check.sh     # a subset
+#   STEPS="build bench_op" bash benchmarks/gpu_check.sh     # a subset
 #
 # The explain benchmark's anchors (grad-cam, ttach, captum, torchcam) are not on the device: carry
 # their wheels in .whl/ (see benchmarks/bench_explain.py); without them it times batchcam alone.
@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/batchcam-gpu}"
 PY="${PYTHON:-python3}"
-STAGES="${STAGES:-build tests bench_op bench_explain tune}"
+STEPS="${STEPS:-build tests tune bench_op bench_explain}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS="$(nproc)" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 status=0 last_rc=0
@@ -21,7 +21,7 @@ status=0 last_rc=0
 run() {
   local name=$1 limit=$2 start
   shift 2
-  case " $STAGES " in *" $name "*) ;; *) last_rc=0; return 0 ;; esac
+  case " $STEPS " in *" $name "*) ;; *) last_rc=0; return 0 ;; esac
   echo "=== $name (limit ${limit} s)"
   start=$(date +%s)
   timeout -k 10 "$limit" "$@"
@@ -52,7 +52,11 @@ parallel=()
 run tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
   -rfE > "$OUT/pytest-gpu.txt" 2>&1
 tail -40 "$OUT/pytest-gpu.txt" 2>/dev/null
-run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
-run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
+# The sweep first: the op benchmark then runs the Triton kernels at its best loop-stage depth.
 run tune 90 "$PY" benchmarks/tune_triton.py --out "$OUT"
+stages=()
+best=$("$PY" -c "import glob, json; print(json.load(open(sorted(glob.glob('$OUT/tune_triton-*.json'))[-1]))['best_stages'])" 2>/dev/null) \
+  && stages=(--triton-stages "$best")
+run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT" "${stages[@]}"
+run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
 exit $status

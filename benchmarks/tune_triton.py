@@ -1,11 +1,12 @@
-"""Sweeps the two launch parameters of the Triton kernels (batchcam_kernels/fused_cam.py:
-TILE_ELEMENTS and PROGRAMS_PER_SM) on a GPU, for the forward and the backward kernels alone,
-and prints each configuration's time relative to the current default.
+"""Sweeps two launch parameters of the Triton kernels (batchcam_kernels/fused_cam.py:
+TILE_ELEMENTS and LOOP_STAGES) on a GPU, for the forward and the backward kernels alone, and
+prints each configuration's time relative to the current default.
 
     python benchmarks/tune_triton.py [--out DIR]
 """
 import argparse
 import itertools
+import math
 import os
 import sys
 
@@ -25,16 +26,21 @@ SHAPES = [
     (64, 256, 56, 56, torch.float32, True),
 ]
 TILES = (4096, 8192)
-PROGRAMS = (2, 4)
+STAGES = (1, 2, 3)
 
 
-def time_config(shape, tile, programs, budget):
-    kernels.TILE_ELEMENTS, kernels.PROGRAMS_PER_SM = {False: tile, True: tile}, programs
+def time_config(shape, tile, stages, budget):
+    """(forward, backward) seconds; infinite where this configuration fails to compile or run."""
+    kernels.TILE_ELEMENTS, kernels.LOOP_STAGES = {False: tile, True: tile}, stages
     a, g, gy = make(shape, "cuda")
-    y, w, s, ext = kernels.cam_forward(a, g, True, "minmax", 1e-7)
-    fwd = measure(lambda: kernels.cam_forward(a, g, True, "minmax", 1e-7), "cuda", budget_s=budget)
-    bwd = measure(lambda: kernels.cam_backward(gy, a, w, s, ext, True, "minmax", 1e-7, (True, True)),
-                  "cuda", budget_s=budget)
+    try:
+        y, w, s, ext = kernels.cam_forward(a, g, True, "minmax", 1e-7)
+        fwd = measure(lambda: kernels.cam_forward(a, g, True, "minmax", 1e-7), "cuda", budget_s=budget)
+        bwd = measure(lambda: kernels.cam_backward(gy, a, w, s, ext, True, "minmax", 1e-7, (True, True)),
+                      "cuda", budget_s=budget)
+    except Exception as error:  # a sweep reports a failing configuration and goes on
+        print(f"tile {tile}, stages {stages}, shape {shape[:4]}: {type(error).__name__}: {error}".splitlines()[0])
+        return math.inf, math.inf
     return fwd, bwd
 
 
@@ -43,23 +49,29 @@ def main():
     parser.add_argument("--budget", type=float, default=0.05, help="seconds of runs per measurement")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
-    default_tiles, default_programs = dict(kernels.TILE_ELEMENTS), kernels.PROGRAMS_PER_SM
-    header = ["shape (B,C,H,W)", "dtype", "layout", "tile", "programs/SM", "fwd us", "bwd us",
+    default_tiles, default_stages = dict(kernels.TILE_ELEMENTS), kernels.LOOP_STAGES
+    header = ["shape (B,C,H,W)", "dtype", "layout", "tile", "loop stages", "fwd us", "bwd us",
               "fwd / default", "bwd / default"]
-    rows = []
+    rows, ratios = [], {}
     for shape in SHAPES:
-        times = {(t, p): time_config(shape, t, p, args.budget) for t, p in itertools.product(TILES, PROGRAMS)}
+        times = {(t, n): time_config(shape, t, n, args.budget) for t, n in itertools.product(TILES, STAGES)}
         B, C, H, W, dtype, channels_last = shape
-        base = times[default_tiles[channels_last], default_programs]
-        for (tile, programs), (fwd, bwd) in times.items():
+        base = times[default_tiles[channels_last], default_stages]
+        for n in STAGES:
+            fwd, bwd = times[default_tiles[channels_last], n]
+            ratios.setdefault(n, []).extend([fwd / base[0], bwd / base[1]])
+        for (tile, stages), (fwd, bwd) in times.items():
             row = [f"{B},{C},{H},{W}", str(dtype).replace("torch.", ""), "NHWC" if channels_last else "NCHW",
-                   tile, programs, f"{fwd * 1e6:.1f}", f"{bwd * 1e6:.1f}", f"{fwd / base[0]:.2f}",
+                   tile, stages, f"{fwd * 1e6:.1f}", f"{bwd * 1e6:.1f}", f"{fwd / base[0]:.2f}",
                    f"{bwd / base[1]:.2f}"]
             rows.append(row)
             print(" | ".join(map(str, row)), flush=True)
-    kernels.TILE_ELEMENTS, kernels.PROGRAMS_PER_SM = default_tiles, default_programs
+    kernels.TILE_ELEMENTS, kernels.LOOP_STAGES = default_tiles, default_stages
+    best_stages = min(STAGES, key=lambda n: math.prod(ratios[n]))
+    print(f"loop stages with the lowest product of forward and backward times (default tiles): {best_stages}")
     table, paths = write_result("tune_triton", machine("cuda"), header, rows,
-                                {"default_tiles": list(default_tiles.values()), "default_programs": default_programs},
+                                {"default_tiles": list(default_tiles.values()), "default_stages": default_stages,
+                                 "best_stages": best_stages},
                                 args.out)
     print(f"\n{table}\n\nwritten: {', '.join(paths)}")
 

@@ -241,6 +241,37 @@ def test_triton_wide_offsets(device, channels_last, monkeypatch):
         check_against_reference(op_for(device, "triton"), a, g)
 
 
+# Samples wider than one tile of positions (the Triton kernels' nested tile loops) and one that
+# is a single tile (their channel loop innermost), in both layouts.
+TILE_SHAPES = [
+    pytest.param((2, 300, 7, 7), True, id="channels_last-C300"),
+    pytest.param((2, 3, 40, 30), False, id="contiguous-P1200"),
+    pytest.param((3, 130, 5, 7), False, id="contiguous-one-tile"),
+]
+
+
+@pytest.mark.usefixtures("poisoned_empty")
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("shape,channels_last", TILE_SHAPES)
+def test_position_tiles(device, backend, shape, channels_last):
+    a, g = make_inputs(shape, torch.float32, device, channels_last, requires_grad=True)
+    check_against_reference(op_for(device, backend), a, g)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("poisoned_empty")
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("shape,channels_last", TILE_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_pipelined_loops(stages, shape, channels_last, dtype, monkeypatch):
+    """The Triton kernels with software-pipelined tile loops (LOOP_STAGES > 1)."""
+    from batchcam_kernels import fused_cam as triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "LOOP_STAGES", stages)
+    a, g = make_inputs(shape, dtype, "cuda", channels_last, requires_grad=True)
+    check_against_reference(op_for("cuda", "triton"), a, g)
+
+
 @pytest.mark.gpu
 def test_one_sample_of_more_than_2_31_elements_triton():
     """One bf16 sample of 2.15e9 elements (the Triton kernels' int64 in-sample offsets), checked
