@@ -79,9 +79,15 @@ def methods(model, layer, x, targets):
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        grad_cam = GradCAM(model=model, target_layers=[layer])
         classes = [ClassifierOutputTarget(int(t)) for t in targets]
-        found["pytorch-grad-cam"] = lambda: grad_cam(input_tensor=x, targets=classes)
+
+        def grad_cam_maps():
+            # Its hooks copy the layer's output to the host on every forward of the model: they
+            # live only for its own call, or every other method would pay for them too.
+            with GradCAM(model=model, target_layers=[layer]) as grad_cam:
+                return grad_cam(input_tensor=x, targets=classes)
+
+        found["pytorch-grad-cam"] = grad_cam_maps
     except ImportError:
         pass
     try:

@@ -132,13 +132,7 @@ def main():
     parser.add_argument("--budget", type=float, default=None, help="GPU: seconds of runs per measurement")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="also write the result files here")
     parser.add_argument("--quick", action="store_true", help="first two shapes only (smoke test)")
-    parser.add_argument("--triton-stages", type=int, default=None,
-                        help="software-pipelining depth of the Triton tile loops (default: the kernels' own)")
     args = parser.parse_args()
-    if args.triton_stages is not None:
-        from batchcam_kernels import fused_cam as triton_kernels
-
-        triton_kernels.LOOP_STAGES = args.triton_stages
 
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -168,7 +162,7 @@ def main():
         from batchcam_kernels import fused_cam as triton_kernels
 
         notes["triton_launch"] = {"tile_elements": list(triton_kernels.TILE_ELEMENTS.values()),
-                                  "loop_stages": triton_kernels.LOOP_STAGES}
+                                  "loop_stages": list(triton_kernels.LOOP_STAGES.values())}
     if gpu:
         notes["columns"] = ("'us': do_bench (L2 flushed), launched from Python, host overhead included "
                             "where the host is slower than the GPU; 'gpu us': replayed from a CUDA graph "

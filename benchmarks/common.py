@@ -148,6 +148,7 @@ def write_result(stem, info, header, rows, extra=None, out_dir=None):
         with open(os.path.join(folder, name + ".json"), "w") as f:
             json.dump(record, f, indent=1)
         with open(os.path.join(folder, name + ".md"), "w") as f:
-            f.write(f"# {stem}\n\n" + "\n".join(f"- {k}: {v}" for k, v in info.items()) + "\n\n" + table + "\n")
+            f.write(f"# {stem}\n\n" + "\n".join(f"- {k}: {v}" for k, v in {**info, **(extra or {})}.items())
+                    + "\n\n" + table + "\n")
         paths.append(os.path.join(folder, name + ".md"))
     return table, paths

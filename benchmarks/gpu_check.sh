@@ -52,11 +52,7 @@ parallel=()
 run tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
   -rfE > "$OUT/pytest-gpu.txt" 2>&1
 tail -40 "$OUT/pytest-gpu.txt" 2>/dev/null
-# The sweep first: the op benchmark then runs the Triton kernels at its best loop-stage depth.
 run tune 90 "$PY" benchmarks/tune_triton.py --out "$OUT"
-stages=()
-best=$("$PY" -c "import glob, json; print(json.load(open(sorted(glob.glob('$OUT/tune_triton-*.json'))[-1]))['best_stages'])" 2>/dev/null) \
-  && stages=(--triton-stages "$best")
-run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT" "${stages[@]}"
+run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
 run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
 exit $status

@@ -31,7 +31,7 @@ STAGES = (1, 2, 3)
 
 def time_config(shape, tile, stages, budget):
     """(forward, backward) seconds; infinite where this configuration fails to compile or run."""
-    kernels.TILE_ELEMENTS, kernels.LOOP_STAGES = {False: tile, True: tile}, stages
+    kernels.TILE_ELEMENTS, kernels.LOOP_STAGES = {False: tile, True: tile}, {False: stages, True: stages}
     a, g, gy = make(shape, "cuda")
     try:
         y, w, s, ext = kernels.cam_forward(a, g, True, "minmax", 1e-7)
@@ -49,17 +49,17 @@ def main():
     parser.add_argument("--budget", type=float, default=0.05, help="seconds of runs per measurement")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
-    default_tiles, default_stages = dict(kernels.TILE_ELEMENTS), kernels.LOOP_STAGES
+    default_tiles, default_stages = dict(kernels.TILE_ELEMENTS), dict(kernels.LOOP_STAGES)
     header = ["shape (B,C,H,W)", "dtype", "layout", "tile", "loop stages", "fwd us", "bwd us",
               "fwd / default", "bwd / default"]
     rows, ratios = [], {}
     for shape in SHAPES:
         times = {(t, n): time_config(shape, t, n, args.budget) for t, n in itertools.product(TILES, STAGES)}
         B, C, H, W, dtype, channels_last = shape
-        base = times[default_tiles[channels_last], default_stages]
+        base = times[default_tiles[channels_last], default_stages[channels_last]]
         for n in STAGES:
             fwd, bwd = times[default_tiles[channels_last], n]
-            ratios.setdefault(n, []).extend([fwd / base[0], bwd / base[1]])
+            ratios.setdefault((channels_last, n), []).extend([fwd / base[0], bwd / base[1]])
         for (tile, stages), (fwd, bwd) in times.items():
             row = [f"{B},{C},{H},{W}", str(dtype).replace("torch.", ""), "NHWC" if channels_last else "NCHW",
                    tile, stages, f"{fwd * 1e6:.1f}", f"{bwd * 1e6:.1f}", f"{fwd / base[0]:.2f}",
@@ -67,11 +67,13 @@ def main():
             rows.append(row)
             print(" | ".join(map(str, row)), flush=True)
     kernels.TILE_ELEMENTS, kernels.LOOP_STAGES = default_tiles, default_stages
-    best_stages = min(STAGES, key=lambda n: math.prod(ratios[n]))
-    print(f"loop stages with the lowest product of forward and backward times (default tiles): {best_stages}")
+    best_stages = {layout: min(STAGES, key=lambda n: math.prod(ratios[layout, n])) for layout in (False, True)}
+    print("loop stages with the lowest product of forward and backward times at the default tiles: "
+          f"contiguous {best_stages[False]}, channels-last {best_stages[True]}")
     table, paths = write_result("tune_triton", machine("cuda"), header, rows,
-                                {"default_tiles": list(default_tiles.values()), "default_stages": default_stages,
-                                 "best_stages": best_stages},
+                                {"default_tiles": list(default_tiles.values()),
+                                 "default_stages": list(default_stages.values()),
+                                 "best_stages": list(best_stages.values())},
                                 args.out)
     print(f"\n{table}\n\nwritten: {', '.join(paths)}")
 

@@ -25,13 +25,15 @@ def class_scores(logits: torch.Tensor, targets=None) -> torch.Tensor:
         return torch.stack([t(row) for t, row in zip(targets, logits)])
     if targets is None:
         targets = logits.argmax(dim=1)
-    targets = torch.as_tensor(targets, device=logits.device)
+    targets = torch.as_tensor(targets)
     if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"targets must be a ({logits.shape[0]},) integer tensor, got "
                          f"{tuple(targets.shape)} {targets.dtype}")
-    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
+    # The range is checked here for targets on the CPU; checking targets on a GPU would wait for
+    # the whole forward to finish (gather's own bounds check still catches them there).
+    if targets.device.type == "cpu" and targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
         raise ValueError(f"targets must lie in [0, {logits.shape[1]}), got {targets.tolist()}")
-    return logits.gather(1, targets.long()[:, None])[:, 0]
+    return logits.gather(1, targets.to(logits.device, torch.long)[:, None])[:, 0]
 
 
 class BatchCAM:
