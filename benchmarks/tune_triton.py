@@ -10,21 +10,12 @@ import math
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from batchcam_kernels import fused_cam as kernels  # noqa: E402
-from bench_op import make  # noqa: E402
+from bench_op import GPU_SHAPES, make  # noqa: E402
 from common import machine, measure, write_result  # noqa: E402
 
-SHAPES = [
-    (1024, 64, 7, 7, torch.float32, False),
-    (256, 2048, 7, 7, torch.float32, False),
-    (256, 2048, 7, 7, torch.bfloat16, False),
-    (8, 2048, 14, 14, torch.float32, False),
-    (64, 256, 56, 56, torch.float32, False),
-    (64, 256, 56, 56, torch.float32, True),
-]
 TILES = (4096, 8192)
 STAGES = (1, 2, 3)
 
@@ -53,7 +44,7 @@ def main():
     header = ["shape (B,C,H,W)", "dtype", "layout", "tile", "loop stages", "fwd us", "bwd us",
               "fwd / default", "bwd / default"]
     rows, ratios = [], {}
-    for shape in SHAPES:
+    for shape in GPU_SHAPES:
         times = {(t, n): time_config(shape, t, n, args.budget) for t, n in itertools.product(TILES, STAGES)}
         B, C, H, W, dtype, channels_last = shape
         base = times[default_tiles[channels_last], default_stages[channels_last]]
