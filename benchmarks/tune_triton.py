@@ -10,7 +10,6 @@ import math
 import os
 import sys
 
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from batchcam_kernels import fused_cam as kernels  # noqa: E402
 from bench_op import GPU_SHAPES, make  # noqa: E402
