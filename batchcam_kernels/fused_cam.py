@@ -84,7 +84,8 @@ def _forward_partial_kernel(
         else:
             w_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
             for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
-                w_tiles += _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+                w_tiles += _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p,
+                                      BLOCK_C, BLOCK_P, ACC, WIDE)
         cs = c0 + tl.arange(0, BLOCK_C)
         tl.store(w_sample + cs, tl.sum(w_tiles, axis=1) / P, mask=cs < c_end)
     tl.debug_barrier()  # the weights just stored are read back below by other threads
@@ -95,7 +96,8 @@ def _forward_partial_kernel(
         for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES):
             cs = c0 + tl.arange(0, BLOCK_C)
             w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
-            s_tiles += w[:, None] * _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+            a = _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+            s_tiles += w[:, None] * a
         ps = p0 + tl.arange(0, BLOCK_P)
         tl.store(S_PART + (b * tl.num_programs(1) + split) * P + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
 
