@@ -140,3 +140,22 @@ def test_bad_arguments():
         batchcam.explain(model, [], x)
     with pytest.raises(ValueError, match="target callables for a batch of 5"):
         batchcam.explain(model, model.target_layer, x, [lambda r: r[0]] * 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda", "reference"])
+@pytest.mark.parametrize("targets", ["predicted", "given"])
+def test_explain_on_gpu_never_waits_for_the_device(backend, targets):
+    """No call of explain synchronises with the GPU (a synchronisation would leave the GPU idle
+    while the host launches the backward and the maps behind it)."""
+    model = SimpleCNN(width=8).cuda()
+    x = torch.rand(6, 1, 28, 28, device="cuda")
+    target_indices = None if targets == "predicted" else torch.tensor([0, 1, 2, 3, 4, 5], device="cuda")
+    batchcam.explain(model, model.target_layer, x, target_indices, backend=backend)  # compiles, loads
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        maps = batchcam.explain(model, model.target_layer, x, target_indices, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert maps.shape == (6, 28, 28) and torch.isfinite(maps).all()
