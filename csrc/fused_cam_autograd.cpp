@@ -64,6 +64,7 @@ class CamForward : public torch::autograd::Function<CamForward> {
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["gpu_kernel"] = gpu_kernel;
     ctx->mark_non_differentiable({w, s, ext});
+    ctx->set_materialize_grads(false);  // w, s, ext get no gradient: no zero tensors for them
     return {y, w, s, ext};
   }
 
