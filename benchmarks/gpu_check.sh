@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_check.sh
 #   STEPS="build bench_op" bash benchmarks/gpu_check.sh     # a subset
 #
-# The explain benchmark's anchors (grad-cam, ttach, captum, torchcam) are not on the device: carry
-# their wheels in .whl/ (see benchmarks/bench_explain.py); without them it times batchcam alone.
+# The explain benchmark's anchors (grad-cam, ttach, captum, torchcam) are not on the device:
+# `bash benchmarks/anchor_wheels.sh` here, then carry .whl/; without them it times batchcam alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/batchcam-gpu}"
