@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
+from batchcam.explanation import _per_sample_minmax  # noqa: E402
 from batchcam.models import build_model  # noqa: E402
 from common import machine, measure_interleaved, write_result  # noqa: E402
 
@@ -37,18 +38,12 @@ from common import machine, measure_interleaved, write_result  # noqa: E402
 TOLERANCE = 1e-3
 
 
-def minmax(maps):
-    flat = maps.flatten(1)
-    lo, hi = flat.amin(1), flat.amax(1)
-    return (maps - lo[:, None, None]) / (hi - lo + 1e-7)[:, None, None]
-
-
 def to_input_size(maps, size):
     """(B, h, w) -> (B, H, W): bilinear (half-pixel centres, as cv2.resize), then min-max."""
     maps = torch.as_tensor(maps).float()
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
-    return minmax(maps)
+    return _per_sample_minmax(maps, 1e-7)
 
 
 def per_sample_loop(model, layer, x, targets):

@@ -19,17 +19,17 @@ TILES = (4096, 8192)
 STAGES = (1, 2, 3)
 
 
-def time_config(shape, tile, stages, budget):
+def time_config(inputs, tile, stages, budget):
     """(forward, backward) seconds; infinite where this configuration fails to compile or run."""
     kernels.TILE_ELEMENTS, kernels.LOOP_STAGES = {False: tile, True: tile}, {False: stages, True: stages}
-    a, g, gy = make(shape, "cuda")
+    a, g, gy = inputs
     try:
         y, w, s, ext = kernels.cam_forward(a, g, True, "minmax", 1e-7)
         fwd = measure(lambda: kernels.cam_forward(a, g, True, "minmax", 1e-7), "cuda", budget_s=budget)
         bwd = measure(lambda: kernels.cam_backward(gy, a, w, s, ext, True, "minmax", 1e-7, (True, True)),
                       "cuda", budget_s=budget)
     except Exception as error:  # a sweep reports a failing configuration and goes on
-        print(f"tile {tile}, stages {stages}, shape {shape[:4]}: {type(error).__name__}: {error}".splitlines()[0])
+        print(f"tile {tile}, stages {stages}, shape {tuple(a.shape)}: {type(error).__name__}: {error}".splitlines()[0])
         return math.inf, math.inf
     return fwd, bwd
 
@@ -44,7 +44,8 @@ def main():
               "fwd / default", "bwd / default"]
     rows, ratios = [], {}
     for shape in GPU_SHAPES:
-        times = {(t, n): time_config(shape, t, n, args.budget) for t, n in itertools.product(TILES, STAGES)}
+        inputs = make(shape, "cuda")
+        times = {(t, n): time_config(inputs, t, n, args.budget) for t, n in itertools.product(TILES, STAGES)}
         B, C, H, W, dtype, channels_last = shape
         base = times[default_tiles[channels_last], default_stages[channels_last]]
         for n in STAGES:
