@@ -1,8 +1,9 @@
-"""`python -m batchcam` / `batchcam`: train, compare, explain.
+"""`python -m batchcam` / `batchcam`: train, compare, explain, bench.
 
     batchcam train --protocol batchcam --model simple-cnn --epochs 5 --out runs/bc
     batchcam compare --model simple-cnn --epochs 5 --out runs/compare
     batchcam explain runs/bc/checkpoint.pt --split test --limit 16 --out runs/bc/explain
+    batchcam bench --shape 64,512,7,7 --shape 16,256,56,56
     torchrun --nproc_per_node=2 -m batchcam train ...   # DistributedDataParallel
 """
 import argparse
@@ -99,6 +100,12 @@ def cmd_explain(args):
     run_explain(args)
 
 
+def cmd_bench(args):
+    from .bench_cli import run_bench
+
+    run_bench(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="batchcam", description="Batch-CAM: train and explain CNNs with "
                                      "batched Grad-CAM maps.")
@@ -125,6 +132,15 @@ def build_parser():
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="runs/explain")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("bench", help="time the fused op against the reference on given shapes")
+    p.add_argument("--shape", action="append", help="B,C,H,W (any spatial dims; repeatable; default 64,512,7,7)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--channels-last", action="store_true", help="inputs in channels-last memory format")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--backend", default="fused", choices=["fused", "triton", "cuda"],
+                   help="the fused op's backend to time against the reference (GPU kernel on CUDA)")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of runs per measurement")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
