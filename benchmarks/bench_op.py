@@ -6,10 +6,12 @@ so the machine's drift spreads over all of them). The bytes floor is 2 passes ov
 forward and 5 for forward+backward (DESIGN.md section 3), at the copy bandwidth measured here.
 
     python benchmarks/bench_op.py                      # CPU, shapes scaled to 2 cores
+    python benchmarks/bench_op.py --repeats 3          # CPU: also the run-to-run range of eager/fused
     python benchmarks/bench_op.py --device cuda        # GPU: every GPU kernel built
 """
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -91,6 +93,20 @@ def time_shape(shape, device, kernels, budget_s):
     return times
 
 
+def merge_repeats(repeats):
+    """Times of several repeats of one shape -> (median of each timing, {pass: (lowest, highest)
+    eager/fused ratio as launched, fused the faster kernel of each repeat})."""
+    merged = {key: None if any(r[key] is None for r in repeats) else statistics.median(r[key] for r in repeats)
+              for key in repeats[0]}
+    spread = {}
+    for pass_name in ("fwd", "fwd+bwd"):
+        ratios = [r["eager", pass_name] / min(t for (n, p, *mode), t in r.items()
+                                              if n.startswith("fused:") and p == pass_name and not mode)
+                  for r in repeats]
+        spread[pass_name] = (min(ratios), max(ratios))
+    return merged, spread
+
+
 def _us(seconds):
     return "-" if seconds is None else f"{seconds * 1e6:.1f}"
 
@@ -133,6 +149,9 @@ def main():
     parser.add_argument("--budget", type=float, default=None, help="GPU: seconds of runs per measurement")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="also write the result files here")
     parser.add_argument("--quick", action="store_true", help="first two shapes only (smoke test)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time every shape this many times, all shapes in turn each time; the "
+                             "table gives medians and the range of eager/fused over the repeats")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -153,12 +172,20 @@ def main():
     header += ["floor/fused", "eager/fused", "compile/fused"]
     header += ["eager/fused gpu", "compile/fused gpu"] if gpu else []
     header += ["faster kernel"] if len(kernels) > 1 else []
-    rows = []
-    for shape in shapes:
-        for row in table_rows(shape, time_shape(shape, device, kernels, budget), kernels, bandwidth, gpu):
-            rows.append(row)
-            print(" | ".join(row), flush=True)
-    notes = {"copy_bandwidth_GBps": bandwidth / 1e9, "kernels": kernels}
+    header += ["eager/fused range"] if args.repeats > 1 else []
+    rows, repeats = [], {shape: [] for shape in shapes}
+    for repeat in range(args.repeats):
+        if args.repeats > 1:
+            print(f"repeat {repeat + 1} of {args.repeats}", flush=True)
+        for shape in shapes:
+            repeats[shape].append(time_shape(shape, device, kernels, budget))
+            if repeat == args.repeats - 1:
+                times, spread = merge_repeats(repeats[shape])
+                for row in table_rows(shape, times, kernels, bandwidth, gpu):
+                    row += [f"{spread[row[3]][0]:.2f}-{spread[row[3]][1]:.2f}"] if args.repeats > 1 else []
+                    rows.append(row)
+                    print(" | ".join(row), flush=True)
+    notes = {"copy_bandwidth_GBps": bandwidth / 1e9, "kernels": kernels, "repeats": args.repeats}
     if "triton" in kernels:
         from batchcam_kernels import fused_cam as triton_kernels
 
