@@ -1,0 +1,90 @@
+"""Where a fused forward+backward spends its time on CPU, beyond its two kernels.
+
+For each shape, rounds of: an eager forward+backward of the reference (as in bench_op.py, where
+the candidates run round-robin), then the fused op through autograd (`fused_cam`, then
+`autograd.grad`), then an eager call again, then the same two kernels called directly
+(`cam_forward`, `cam_backward`). Medians of each part, and the page faults per round of each way.
+The difference between the two ways is what autograd, the Python around it and the allocation
+of the gradients add to the kernels.
+
+    python benchmarks/profile_cpu_op.py
+"""
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import batchcam  # noqa: E402
+from common import machine, write_result  # noqa: E402
+
+SHAPES = [(256, 64, 7, 7), (64, 512, 7, 7), (64, 2048, 7, 7), (1, 2048, 14, 14), (16, 256, 56, 56)]
+ROUNDS, WARMUP = 30, 3
+
+
+def page_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def profile_shape(shape):
+    """{part: median seconds} and {way: page faults per round}."""
+    gen = torch.Generator().manual_seed(0)
+    a, g = (torch.randn(shape, generator=gen).requires_grad_() for _ in range(2))
+    gy = torch.randn((shape[0], *shape[2:]), generator=gen)
+    ad, gd = a.detach(), g.detach()
+    options = (True, "minmax", 1e-7, "triton")
+
+    def eager():
+        torch.autograd.grad(batchcam.fused_cam_reference(a, g), (a, g), gy)
+
+    def through_autograd():
+        start = time.perf_counter()
+        y = batchcam.fused_cam(a, g)
+        middle = time.perf_counter()
+        torch.autograd.grad(y, (a, g), gy)
+        return middle - start, time.perf_counter() - middle
+
+    def kernels():
+        start = time.perf_counter()
+        _, w, s, ext = torch.ops.batchcam.cam_forward(ad, gd, *options)
+        middle = time.perf_counter()
+        torch.ops.batchcam.cam_backward(gy, ad, w, s, ext, *options, [True, True])
+        return middle - start, time.perf_counter() - middle
+
+    parts = {name: [] for name in ("autograd fwd", "autograd bwd", "kernels fwd", "kernels bwd")}
+    faults = {"autograd": 0, "kernels": 0}
+    for round_ in range(WARMUP + ROUNDS):
+        for way, run in (("autograd", through_autograd), ("kernels", kernels)):
+            eager()
+            before = page_faults()
+            forward, backward = run()
+            if round_ >= WARMUP:
+                faults[way] += page_faults() - before
+                parts[f"{way} fwd"].append(forward)
+                parts[f"{way} bwd"].append(backward)
+    return {k: statistics.median(v) for k, v in parts.items()}, {k: v / ROUNDS for k, v in faults.items()}
+
+
+def main():
+    info = machine("cpu")
+    header = ["shape (B,C,H,W)", "kernels fwd us", "kernels bwd us", "autograd fwd us", "autograd bwd us",
+              "autograd/kernels", "faults kernels", "faults autograd"]
+    rows = []
+    for shape in SHAPES:
+        t, faults = profile_shape(shape)
+        kernels, autograd = t["kernels fwd"] + t["kernels bwd"], t["autograd fwd"] + t["autograd bwd"]
+        rows.append([",".join(map(str, shape))] + [f"{t[k] * 1e6:.0f}" for k in
+                    ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd")]
+                    + [f"{autograd / kernels:.2f}", f"{faults['kernels']:.0f}", f"{faults['autograd']:.0f}"])
+        print(" | ".join(rows[-1]), flush=True)
+    table, paths = write_result("profile_cpu_op", info, header, rows,
+                                {"method": "each call right after an eager forward+backward; medians of "
+                                 f"{ROUNDS} rounds; faults: minor page faults per forward+backward"})
+    print("\n" + table + "\n\nwritten: " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
