@@ -3,7 +3,8 @@
 For each shape, rounds of: an eager forward+backward of the reference (as in bench_op.py, where
 the candidates run round-robin), then the fused op through autograd (`fused_cam`, then
 `autograd.grad`), then an eager call again, then the same two kernels called directly
-(`cam_forward`, `cam_backward`). Medians of each part, and the page faults per round of each way.
+(`cam_forward`, `cam_backward`). Medians of each part, and the page faults per forward+backward
+of each way and of eager.
 The difference between the two ways is what autograd, the Python around it and the allocation
 of the gradients add to the kernels.
 
@@ -55,10 +56,13 @@ def profile_shape(shape):
         return middle - start, time.perf_counter() - middle
 
     parts = {name: [] for name in ("autograd fwd", "autograd bwd", "kernels fwd", "kernels bwd")}
-    faults = {"autograd": 0, "kernels": 0}
+    faults = {"eager": 0, "autograd": 0, "kernels": 0}
     for round_ in range(WARMUP + ROUNDS):
         for way, run in (("autograd", through_autograd), ("kernels", kernels)):
+            before = page_faults()
             eager()
+            if round_ >= WARMUP:
+                faults["eager"] += (page_faults() - before) / 2  # two eager calls per round
             before = page_faults()
             forward, backward = run()
             if round_ >= WARMUP:
@@ -71,14 +75,14 @@ def profile_shape(shape):
 def main():
     info = machine("cpu")
     header = ["shape (B,C,H,W)", "kernels fwd us", "kernels bwd us", "autograd fwd us", "autograd bwd us",
-              "autograd/kernels", "faults kernels", "faults autograd"]
+              "autograd/kernels", "faults kernels", "faults autograd", "faults eager"]
     rows = []
     for shape in SHAPES:
         t, faults = profile_shape(shape)
         kernels, autograd = t["kernels fwd"] + t["kernels bwd"], t["autograd fwd"] + t["autograd bwd"]
         rows.append([",".join(map(str, shape))] + [f"{t[k] * 1e6:.0f}" for k in
                     ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd")]
-                    + [f"{autograd / kernels:.2f}", f"{faults['kernels']:.0f}", f"{faults['autograd']:.0f}"])
+                    + [f"{autograd / kernels:.2f}"] + [f"{faults[k]:.0f}" for k in ("kernels", "autograd", "eager")])
         print(" | ".join(rows[-1]), flush=True)
     table, paths = write_result("profile_cpu_op", info, header, rows,
                                 {"method": "each call right after an eager forward+backward; medians of "
