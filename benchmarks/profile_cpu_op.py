@@ -6,7 +6,9 @@ the candidates run round-robin), then the fused op through autograd (`fused_cam`
 (`cam_forward`, `cam_backward`). Medians of each part, and the page faults per forward+backward
 of each way and of eager.
 The difference between the two ways is what autograd, the Python around it and the allocation
-of the gradients add to the kernels.
+of the gradients add to the kernels; a control made of plain aten ops of similar size
+(`(A * G).sum(1)` and its gradient `gy * G`, through autograd and called directly) shows what the
+same costs for ops that are not ours.
 
     python benchmarks/profile_cpu_op.py
 """
@@ -55,14 +57,31 @@ def profile_shape(shape):
         torch.ops.batchcam.cam_backward(gy, ad, w, s, ext, *options, [True, True])
         return middle - start, time.perf_counter() - middle
 
-    parts = {name: [] for name in ("autograd fwd", "autograd bwd", "kernels fwd", "kernels bwd")}
-    faults = {"eager": 0, "autograd": 0, "kernels": 0}
+    # A control made of plain aten ops of similar size: y = sum_c A * G, its gradient gy * G.
+    def aten_through_autograd():
+        start = time.perf_counter()
+        y = (a * gd).sum(1)
+        middle = time.perf_counter()
+        torch.autograd.grad(y, a, gy)
+        return middle - start, time.perf_counter() - middle
+
+    def aten_direct():
+        start = time.perf_counter()
+        (ad * gd).sum(1)
+        middle = time.perf_counter()
+        gy.unsqueeze(1) * gd
+        return middle - start, time.perf_counter() - middle
+
+    ways = {"autograd": through_autograd, "kernels": kernels, "aten autograd": aten_through_autograd,
+            "aten direct": aten_direct}
+    parts = {f"{way} {p}": [] for way in ways for p in ("fwd", "bwd")}
+    faults = {"eager": 0, **{way: 0 for way in ways}}
     for round_ in range(WARMUP + ROUNDS):
-        for way, run in (("autograd", through_autograd), ("kernels", kernels)):
+        for way, run in ways.items():
             before = page_faults()
             eager()
             if round_ >= WARMUP:
-                faults["eager"] += (page_faults() - before) / 2  # two eager calls per round
+                faults["eager"] += (page_faults() - before) / len(ways)
             before = page_faults()
             forward, backward = run()
             if round_ >= WARMUP:
@@ -75,14 +94,18 @@ def profile_shape(shape):
 def main():
     info = machine("cpu")
     header = ["shape (B,C,H,W)", "kernels fwd us", "kernels bwd us", "autograd fwd us", "autograd bwd us",
-              "autograd/kernels", "faults kernels", "faults autograd", "faults eager"]
+              "autograd/kernels", "autograd - kernels us", "aten control: autograd - direct us",
+              "faults kernels", "faults autograd", "faults eager"]
     rows = []
     for shape in SHAPES:
         t, faults = profile_shape(shape)
-        kernels, autograd = t["kernels fwd"] + t["kernels bwd"], t["autograd fwd"] + t["autograd bwd"]
+        total = {way: t[f"{way} fwd"] + t[f"{way} bwd"] for way in ("kernels", "autograd", "aten direct", "aten autograd")}
         rows.append([",".join(map(str, shape))] + [f"{t[k] * 1e6:.0f}" for k in
                     ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd")]
-                    + [f"{autograd / kernels:.2f}"] + [f"{faults[k]:.0f}" for k in ("kernels", "autograd", "eager")])
+                    + [f"{total['autograd'] / total['kernels']:.2f}",
+                       f"{(total['autograd'] - total['kernels']) * 1e6:.0f}",
+                       f"{(total['aten autograd'] - total['aten direct']) * 1e6:.0f}"]
+                    + [f"{faults[k]:.0f}" for k in ("kernels", "autograd", "eager")])
         print(" | ".join(rows[-1]), flush=True)
     table, paths = write_result("profile_cpu_op", info, header, rows,
                                 {"method": "each call right after an eager forward+backward; medians of "
