@@ -35,6 +35,8 @@ def test_channels_last_and_half_dtypes(capsys):
     (["--shape", "4,3"], "at least one spatial dim"),
     (["--shape", "4,0,3"], "all >= 1"),
     (["--shape", "4,3,5", "--channels-last"], "4-D or 5-D"),
+    pytest.param(["--device", "cuda"], "no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])
 def test_bad_shapes_fail_before_timing(argv, message, capsys):
     assert cli_main(["bench", *argv]) == 1

@@ -77,6 +77,8 @@ def bench_shape(shape, dtype, device, channels_last, min_run_time, backend="fuse
 
 def run_bench(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch has no CUDA device to run on")
     dtype = DTYPES[args.dtype]
     shapes = [parse_shape(s, args.channels_last) for s in (args.shape or ["64,512,7,7"])]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
