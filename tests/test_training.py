@@ -115,6 +115,15 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
 def test_cli_reports_bad_input(tmp_path, capsys):
     assert cli_main(["train", "--distance", "cosine", "--out", str(tmp_path)]) == 1
     assert "distance must be one of" in capsys.readouterr().err
+    assert cli_main(["train", "--device", "tpu9", "--out", str(tmp_path)]) == 1
+    assert "'tpu9' is not a device name" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_without_cuda_says_so(tmp_path, capsys):
+    for argv in (["train", "--out", str(tmp_path)], ["bench"], ["explain", str(tmp_path / "checkpoint.pt")]):
+        assert cli_main([*argv, "--device", "cuda:1"]) == 1
+        assert "this torch has no CUDA device" in capsys.readouterr().err
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):

@@ -12,6 +12,7 @@ floor, torch.compile, candidates run round-robin, CUDA-graph GPU times, result f
 import torch
 import torch.utils.benchmark as benchmark
 
+from .devices import resolve_device
 from .functional import fused_cam
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -76,9 +77,7 @@ def bench_shape(shape, dtype, device, channels_last, min_run_time, backend="fuse
 
 
 def run_bench(args):
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: this torch has no CUDA device to run on")
+    device = resolve_device(args.device)
     dtype = DTYPES[args.dtype]
     shapes = [parse_shape(s, args.channels_last) for s in (args.shape or ["64,512,7,7"])]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

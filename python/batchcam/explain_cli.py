@@ -8,6 +8,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import load_split
+from .devices import resolve_device
 from .explanation import explain
 from .figures import overlay
 from .models import build_model
@@ -27,9 +28,9 @@ def load_images(paths, size=(28, 28)):
 
 
 def run_explain(args):
+    device = resolve_device(args.device)
     state = load_checkpoint(args.checkpoint)
     config = state["config"]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(config["model"], len(state["classes"])).to(device)
     model.load_state_dict(state["model"])
     model.eval()

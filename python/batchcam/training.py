@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .backend import _validate
 from .cam import BatchCAM
 from .data import Split, load_split, stratified_indices
+from .devices import resolve_device
 from .losses import DISTANCES, BatchCAMLoss, PrototypeLoss, class_prototypes, distance, reconstruct, ssim
 from .models import MODELS, build_model
 
@@ -105,16 +106,15 @@ class Processes:
 def init_processes(config: TrainConfig) -> Processes:
     """Joins the torchrun process group when WORLD_SIZE > 1; picks the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() if config.device is None else config.device.startswith("cuda")
+    device = resolve_device(config.device)
+    cuda = device.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local if world > 1 else torch.device(config.device or "cuda").index or 0)
+        device = torch.device("cuda", local if world > 1 else device.index or 0)
         torch.cuda.set_device(device)
-    else:
-        device = torch.device(config.device or "cpu")
     return Processes(rank, world, device)
 
 
