@@ -23,8 +23,12 @@
 #include <array>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
@@ -52,10 +56,37 @@ int64_t channel_blocks(const CamShape& shape) {
   return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(shape.C / kMinChannelsPerBlock, 1));
 }
 
-// out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for R rows.
-template <bool HasY, int64_t R, typename acc_t, typename scalar_t, typename out_t>
-void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n, acc_t scale, out_t* out) {
-  acc_t lanes[R][kLanes] = {};
+// Half rows reach the arithmetic as float chunks of kChunk elements per row, converted 8 at a time
+// with F16C: GCC does not vectorise _Float16 conversions, and one element at a time they cost more
+// than the rest of the kernel. kChunk is a multiple of kLanes, so a chunked row is summed in
+// exactly the order of an unchunked one. Other dtypes convert inline, vectorised.
+constexpr int64_t kChunk = 256;
+
+template <typename scalar_t>
+constexpr bool kConvertInChunks = std::is_same_v<scalar_t, c10::Half>;
+
+template <int64_t R, typename acc_t, typename scalar_t>
+void convert_rows(const scalar_t* x, int64_t stride, int64_t n, acc_t (&chunk)[R][kChunk]) {
+  for (int64_t r = 0; r < R; ++r) {
+    const scalar_t* row = x + r * stride;
+    int64_t i = 0;
+#ifdef __F16C__
+    if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+      for (; i + 8 <= n; i += 8) {
+        const __m128i half8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i));
+        _mm256_storeu_ps(&chunk[r][i], _mm256_cvtph_ps(half8));
+      }
+    }
+#endif
+    for (; i < n; ++i) chunk[r][i] = static_cast<acc_t>(row[i]);
+  }
+}
+
+// lanes[r][i % kLanes] += x[r * stride + i] * y[i] (y = 1 without HasY), for R rows and i < n.
+// Always inlined, into functions whose lanes are a local array (no store to them can change x, y).
+template <bool HasY, int64_t R, typename acc_t, typename scalar_t>
+[[gnu::always_inline]] inline void accumulate_lanes(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n,
+                                                    acc_t (&lanes)[R][kLanes]) {
   auto term = [&](int64_t r, int64_t i) {
     const acc_t v = static_cast<acc_t>(x[r * stride + i]);
     if constexpr (HasY) return v * y[i];
@@ -69,6 +100,22 @@ void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n
   }
   for (int64_t l = 0; i < n; ++i, ++l) {
     for (int64_t r = 0; r < R; ++r) lanes[r][l] += term(r, i);
+  }
+}
+
+// out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for R rows.
+template <bool HasY, int64_t R, typename acc_t, typename scalar_t, typename out_t>
+[[gnu::always_inline]] inline void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n, acc_t scale, out_t* out) {
+  acc_t lanes[R][kLanes] = {};
+  if constexpr (kConvertInChunks<scalar_t>) {
+    acc_t chunk[R][kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      convert_rows<R>(x + i0, stride, m, chunk);
+      accumulate_lanes<HasY, R>(&chunk[0][0], kChunk, HasY ? y + i0 : y, m, lanes);
+    }
+  } else {
+    accumulate_lanes<HasY, R>(x, stride, y, n, lanes);
   }
   for (int64_t r = 0; r < R; ++r) {
     acc_t total = 0;
@@ -84,15 +131,30 @@ void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, i
   for (; r < rows; ++r) rows_dot_block<HasY, 1>(x + r * stride, stride, y, n, scale, out + r);
 }
 
-// out[i] += sum_r w[r] * x[r * stride + i] (w = 1 when null), for i < n.
+// out[i] += sum_r w[r] * x[r * stride + i], for i < n.
 template <int64_t R, typename acc_t, typename scalar_t>
-void rows_axpy_block(const scalar_t* x, int64_t stride, const acc_t* w, int64_t n, acc_t* out) {
-  acc_t wr[R];
-  for (int64_t r = 0; r < R; ++r) wr[r] = w ? w[r] : acc_t(1);
+[[gnu::always_inline]] inline void accumulate_rows(const scalar_t* x, int64_t stride, const acc_t (&w)[R], int64_t n, acc_t* out) {
   for (int64_t i = 0; i < n; ++i) {
     acc_t v = 0;
-    for (int64_t r = 0; r < R; ++r) v += wr[r] * static_cast<acc_t>(x[r * stride + i]);
+    for (int64_t r = 0; r < R; ++r) v += w[r] * static_cast<acc_t>(x[r * stride + i]);
     out[i] += v;
+  }
+}
+
+// out[i] += sum_r w[r] * x[r * stride + i] (w = 1 when null), for i < n.
+template <int64_t R, typename acc_t, typename scalar_t>
+[[gnu::always_inline]] inline void rows_axpy_block(const scalar_t* x, int64_t stride, const acc_t* w, int64_t n, acc_t* out) {
+  acc_t wr[R];
+  for (int64_t r = 0; r < R; ++r) wr[r] = w ? w[r] : acc_t(1);
+  if constexpr (kConvertInChunks<scalar_t>) {
+    acc_t chunk[R][kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      convert_rows<R>(x + i0, stride, m, chunk);
+      accumulate_rows<R>(&chunk[0][0], kChunk, wr, m, out + i0);
+    }
+  } else {
+    accumulate_rows<R>(x, stride, wr, n, out);
   }
 }
 
@@ -188,6 +250,22 @@ void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_
   }
 }
 
+// out[i] = scale * v[i] in scalar_t, for i < n (Half: 8 at a time with F16C, see kConvertInChunks).
+template <typename scalar_t, typename acc_t>
+[[gnu::always_inline]] inline void store_scaled(scalar_t* out, acc_t scale, const acc_t* v, int64_t n) {
+  int64_t i = 0;
+#ifdef __F16C__
+  if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+    const __m256 scale8 = _mm256_set1_ps(scale);
+    for (; i + 8 <= n; i += 8) {
+      const __m128i half8 = _mm256_cvtps_ph(_mm256_mul_ps(scale8, _mm256_loadu_ps(v + i)), _MM_FROUND_TO_NEAREST_INT);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), half8);
+    }
+  }
+#endif
+  for (; i < n; ++i) out[i] = static_cast<scalar_t>(scale * v[i]);
+}
+
 // One (sample, channel block) of the backward, each part only if wanted:
 //   gA[c,p] = w[c] gs[p]  and  gw[c] = 1/P sum_p A[c,p] gs[p]  (gG[c,p] = gw[c] for every p).
 template <typename scalar_t, typename acc_t>
@@ -197,20 +275,14 @@ void backward_block(const CamShape& shape, const scalar_t* a, const acc_t* w, co
   const acc_t inv_p = acc_t(1) / P;
   if (!shape.channels_last) {
     if (gw) rows_dot<true>(a + c0 * P, P, gs, n, P, inv_p, gw + c0);
-    for (int64_t c = c0; ga && c < c1; ++c) {
-      scalar_t* gac = ga + c * P;
-      for (int64_t p = 0; p < P; ++p) gac[p] = static_cast<scalar_t>(w[c] * gs[p]);
-    }
+    for (int64_t c = c0; ga && c < c1; ++c) store_scaled(ga + c * P, w[c], gs, P);
   } else {
     if (gw) {
       std::vector<acc_t> dot(n, acc_t(0));
       rows_axpy(a + c0, C, gs, P, n, dot.data());
       for (int64_t i = 0; i < n; ++i) gw[c0 + i] = static_cast<scalar_t>(dot[i] * inv_p);
     }
-    for (int64_t p = 0; ga && p < P; ++p) {
-      scalar_t* gap = ga + p * C + c0;
-      for (int64_t i = 0; i < n; ++i) gap[i] = static_cast<scalar_t>(w[c0 + i] * gs[p]);
-    }
+    for (int64_t p = 0; ga && p < P; ++p) store_scaled(ga + p * C + c0, gs[p], w + c0, n);
   }
 }
 
