@@ -31,13 +31,14 @@ GPU_SHAPES = [
     (64, 256, 56, 56, torch.float32, True),
 ]
 # The same shape classes at a quarter of the batch (64, 256, 56, 56 at 16), so that the eager
-# forward+backward of the largest fits a few seconds on 2 cores.
+# forward+backward of the largest fits a few seconds on 2 cores; float16 too (its own CPU path).
 CPU_SHAPES = [
     (256, 64, 7, 7, torch.float32, False),
     (64, 512, 7, 7, torch.float32, False),
     (64, 2048, 7, 7, torch.float32, False),
     (16, 256, 56, 56, torch.float32, False),
     (64, 2048, 7, 7, torch.bfloat16, False),
+    (64, 2048, 7, 7, torch.float16, False),
     (1, 2048, 14, 14, torch.float32, False),
     (16, 256, 56, 56, torch.float32, True),
 ]
