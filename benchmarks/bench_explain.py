@@ -178,7 +178,8 @@ def main():
             print(f"FAILED {disagreement}", flush=True)
     table, paths = write_result("bench_explain", info, header, rows,
                                 {"tolerance": TOLERANCE, "failures": failures}, args.out)
-    print(f"\n{info['device']}, torch {info['torch']}, commit {info['commit']}\n\n{table}\n\nwritten: {', '.join(paths)}")
+    print(f"\n{info['device']}, torch {info['torch']}, commit {info['commit']}\n\n{table}")
+    print("\nwritten: " + ", ".join(paths))
     return 1 if failures else 0
 
 

@@ -97,7 +97,8 @@ def main():
             rows.append(row)
             print(" | ".join(row), flush=True)
     table, paths = write_result("bench_train", info, header, rows, {"batch_size": args.batch_size}, args.out)
-    print(f"\n{info['device']}, batch {args.batch_size}, commit {info['commit']}\n\n{table}\n\nwritten: {', '.join(paths)}")
+    print(f"\n{info['device']}, batch {args.batch_size}, commit {info['commit']}\n\n{table}")
+    print("\nwritten: " + ", ".join(paths))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def main():
     rows = []
     for shape in SHAPES:
         t, faults = profile_shape(shape)
-        total = {way: t[f"{way} fwd"] + t[f"{way} bwd"] for way in ("kernels", "autograd", "aten direct", "aten autograd")}
+        total = {way: t[f"{way} fwd"] + t[f"{way} bwd"]
+                 for way in ("kernels", "autograd", "aten direct", "aten autograd")}
         rows.append([",".join(map(str, shape))] + [f"{t[k] * 1e6:.0f}" for k in
                     ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd")]
                     + [f"{total['autograd'] / total['kernels']:.2f}",

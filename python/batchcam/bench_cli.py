@@ -20,8 +20,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Largest |fused - reference| accepted before timing, on maps in [0, 1]: the two round differently
 # (summation order, and for half dtypes the final cast).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}
-
-
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 

@@ -90,7 +90,8 @@ def cmd_compare(args):
     title = (f"Batch-CAM protocols: {config['model']} on {config['dataset']}, {config['epochs']} epochs, "
              f"batch {config['batch_size']}, device {results[0]['device']}")
     atomic_write_text(f"# {title}\n\n{table}\n\nconfig: `{json.dumps(config)}`\n", os.path.join(args.out, "compare.md"))
-    atomic_write_text(json.dumps({"config": config, "results": results}, indent=1), os.path.join(args.out, "compare.json"))
+    atomic_write_text(json.dumps({"config": config, "results": results}, indent=1),
+                      os.path.join(args.out, "compare.json"))
     print(f"\n{title}\n\n{table}\n\nwritten: {os.path.join(args.out, 'compare.md')}, compare.json")
 
 

@@ -338,7 +338,8 @@ def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
                                   train_data.labels[shard].to(procs.device), num_classes)
     runner = compiled_runner(model, config.cam_grad) if config.compile else model
     if procs.world > 1:
-        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+        device_ids = [procs.device.index] if procs.device.type == "cuda" else None
+        runner = nn.parallel.DistributedDataParallel(runner, device_ids=device_ids)
     step = make_step(config, model, runner, prototypes, procs)
 
     model.train()
