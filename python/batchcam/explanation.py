@@ -32,8 +32,7 @@ def _as_layers(target_layers):
 
 
 def _per_sample_minmax(maps, eps):
-    flat = maps.flatten(1)
-    lo, hi = flat.amin(1), flat.amax(1)
+    lo, hi = torch.aminmax(maps.flatten(1), dim=1)
     shape = (-1,) + (1,) * (maps.dim() - 1)
     return (maps - lo.view(shape)) / (hi - lo + eps).view(shape)
 
@@ -98,7 +97,9 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
             mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[m.dim() - 1]
             m = F.interpolate(m.unsqueeze(1), size=out_size, mode=mode, align_corners=False)[:, 0]
         maps.append(m)
-    stacked = torch.stack(maps)
-    combined = stacked.mean(0) if combine == "mean" else stacked.amax(0)
+    combined = maps[0]  # one layer: its map, no kernels spent on a mean or max of one
+    if len(maps) > 1:
+        stacked = torch.stack(maps)
+        combined = stacked.mean(0) if combine == "mean" else stacked.amax(0)
     maps = _per_sample_minmax(combined, eps)
     return (maps, logits.detach()) if return_logits else maps
