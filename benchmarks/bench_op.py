@@ -94,16 +94,14 @@ def time_shape(shape, device, kernels, budget_s):
     return times
 
 
-def merge_repeats(repeats):
+def merge_repeats(repeats, kernels):
     """Times of several repeats of one shape -> (median of each timing, {pass: (lowest, highest)
     eager/fused ratio as launched, fused the faster kernel of each repeat})."""
     merged = {key: None if any(r[key] is None for r in repeats) else statistics.median(r[key] for r in repeats)
               for key in repeats[0]}
     spread = {}
     for pass_name in ("fwd", "fwd+bwd"):
-        ratios = [r["eager", pass_name] / min(t for (n, p, *mode), t in r.items()
-                                              if n.startswith("fused:") and p == pass_name and not mode)
-                  for r in repeats]
+        ratios = [r["eager", pass_name] / min(r[f"fused:{k}", pass_name] for k in kernels) for r in repeats]
         spread[pass_name] = (min(ratios), max(ratios))
     return merged, spread
 
@@ -181,7 +179,7 @@ def main():
         for shape in shapes:
             repeats[shape].append(time_shape(shape, device, kernels, budget))
             if repeat == args.repeats - 1:
-                times, spread = merge_repeats(repeats[shape])
+                times, spread = merge_repeats(repeats[shape], kernels)
                 for row in table_rows(shape, times, kernels, bandwidth, gpu):
                     row += [f"{spread[row[3]][0]:.2f}-{spread[row[3]][1]:.2f}"] if args.repeats > 1 else []
                     rows.append(row)

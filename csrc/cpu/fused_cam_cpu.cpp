@@ -82,6 +82,22 @@ void convert_rows(const scalar_t* x, int64_t stride, int64_t n, acc_t (&chunk)[R
   }
 }
 
+// fn(rows, row_stride, i0, m) over elements [0, n) of R rows: once on the rows themselves, or, for
+// dtypes converted in chunks, on an acc_t copy of elements [i0, i0 + m) of each chunk in turn.
+template <int64_t R, typename acc_t, typename scalar_t, typename Fn>
+[[gnu::always_inline]] inline void over_rows_in_acc(const scalar_t* x, int64_t stride, int64_t n, const Fn& fn) {
+  if constexpr (kConvertInChunks<scalar_t>) {
+    acc_t chunk[R][kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      convert_rows<R>(x + i0, stride, m, chunk);
+      fn(&chunk[0][0], kChunk, i0, m);
+    }
+  } else {
+    fn(x, stride, int64_t(0), n);
+  }
+}
+
 // lanes[r][i % kLanes] += x[r * stride + i] * y[i] (y = 1 without HasY), for R rows and i < n.
 // Always inlined, into functions whose lanes are a local array (no store to them can change x, y).
 template <bool HasY, int64_t R, typename acc_t, typename scalar_t>
@@ -107,16 +123,9 @@ template <bool HasY, int64_t R, typename acc_t, typename scalar_t>
 template <bool HasY, int64_t R, typename acc_t, typename scalar_t, typename out_t>
 [[gnu::always_inline]] inline void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n, acc_t scale, out_t* out) {
   acc_t lanes[R][kLanes] = {};
-  if constexpr (kConvertInChunks<scalar_t>) {
-    acc_t chunk[R][kChunk];
-    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-      const int64_t m = std::min(kChunk, n - i0);
-      convert_rows<R>(x + i0, stride, m, chunk);
-      accumulate_lanes<HasY, R>(&chunk[0][0], kChunk, HasY ? y + i0 : y, m, lanes);
-    }
-  } else {
-    accumulate_lanes<HasY, R>(x, stride, y, n, lanes);
-  }
+  over_rows_in_acc<R, acc_t>(x, stride, n, [&](const auto* rows, int64_t row_stride, int64_t i0, int64_t m) {
+    accumulate_lanes<HasY, R>(rows, row_stride, HasY ? y + i0 : y, m, lanes);
+  });
   for (int64_t r = 0; r < R; ++r) {
     acc_t total = 0;
     for (int64_t l = 0; l < kLanes; ++l) total += lanes[r][l];
@@ -146,16 +155,9 @@ template <int64_t R, typename acc_t, typename scalar_t>
 [[gnu::always_inline]] inline void rows_axpy_block(const scalar_t* x, int64_t stride, const acc_t* w, int64_t n, acc_t* out) {
   acc_t wr[R];
   for (int64_t r = 0; r < R; ++r) wr[r] = w ? w[r] : acc_t(1);
-  if constexpr (kConvertInChunks<scalar_t>) {
-    acc_t chunk[R][kChunk];
-    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
-      const int64_t m = std::min(kChunk, n - i0);
-      convert_rows<R>(x + i0, stride, m, chunk);
-      accumulate_rows<R>(&chunk[0][0], kChunk, wr, m, out + i0);
-    }
-  } else {
-    accumulate_rows<R>(x, stride, wr, n, out);
-  }
+  over_rows_in_acc<R, acc_t>(x, stride, n, [&](const auto* rows, int64_t row_stride, int64_t i0, int64_t m) {
+    accumulate_rows<R>(rows, row_stride, wr, m, out + i0);
+  });
 }
 
 template <typename acc_t, typename scalar_t>

@@ -15,8 +15,6 @@ import torch.utils.benchmark as benchmark
 from .devices import resolve_device
 from .functional import fused_cam
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "float64": torch.float64}
 # Largest |fused - reference| accepted before timing, on maps in [0, 1]: the two round differently
 # (summation order, and for half dtypes the final cast).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}
@@ -76,7 +74,7 @@ def bench_shape(shape, dtype, device, channels_last, min_run_time, backend="fuse
 
 def run_bench(args):
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype]
+    dtype = getattr(torch, args.dtype)
     shapes = [parse_shape(s, args.channels_last) for s in (args.shape or ["64,512,7,7"])]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"batchcam.fused_cam, backend {args.backend!r} vs 'reference': {where}, {args.dtype}"

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from .backend import BACKENDS
 from .training import PROTOCOLS, TrainConfig, TrainingDiverged, atomic_write_text, train
 
 _FIELD_HELP = {
@@ -138,7 +139,7 @@ def build_parser():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--channels-last", action="store_true", help="inputs in channels-last memory format")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--backend", default="fused", choices=["fused", "triton", "cuda"],
+    p.add_argument("--backend", default="fused", choices=[b for b in BACKENDS if b != "reference"],
                    help="the fused op's backend to time against the reference (GPU kernel on CUDA)")
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of runs per measurement")
     p.set_defaults(func=cmd_bench)
