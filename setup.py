@@ -32,7 +32,10 @@ def _extension():
     debug = os.environ.get("BATCHCAM_DEBUG", "0") == "1"
     march = os.environ.get("BATCHCAM_MARCH", "native")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-fopenmp", "-DPy_LIMITED_API=0x03090000"] + ([f"-march={march}"] if march else [])
+    # -ffp-contract=off: floating-point arithmetic exactly as written (GCC's default in C++ fuses
+    # a * b + c into an FMA where it vectorises, so one kernel instantiation could round
+    # differently from another); FMAs only where the code asks for them.
+    cxx += ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"] + ([f"-march={march}"] if march else [])
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     kwargs = dict(
         name="batchcam._C",
