@@ -201,6 +201,27 @@ def test_deterministic(device, backend, shape, channels_last):
         assert torch.equal(first, second)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(1, 64, 15, 17), (3, 37, 23, 29), (40, 24, 9, 9)], ids=str)
+def test_cpu_results_do_not_depend_on_the_thread_count(shape, channels_last):
+    """The CPU kernel splits samples into blocks by shape only and adds the blocks' partial sums in
+    a fixed order: one thread and two give the same bits (shapes: one sample in many blocks, a few
+    samples in several, one block per sample)."""
+    a, g = make_inputs(shape, torch.float32, "cpu", channels_last, requires_grad=True)
+    gy = torch.randn((shape[0], *shape[2:]), generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            y = batchcam.fused_cam(a, g, backend="fused")
+            runs.append((y, *torch.autograd.grad(y, (a, g), gy)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*runs):
+        assert torch.equal(one, two)
+
+
 @pytest.mark.parametrize("device,backend", BACKENDS)
 def test_gradient_layouts(device, backend):
     """Channels-last activations are read in place: their gradient comes back channels-last, the

@@ -41,20 +41,26 @@ namespace {
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kRows = 4;
+// Fewest rows per block: channels (NCHW), positions (channels-last, where more than one block per
+// sample costs two more parallel regions).
 constexpr int64_t kMinChannelsPerBlock = 16;
+constexpr int64_t kMinPositionsPerBlock = 32;
 constexpr int64_t kTargetTasks = 32;
 
-// Samples per task of the per-sample passes (O(P) work each): small batches run inline, since
-// waking the thread pool costs more than the work.
+// Samples per task of the per-sample stages (O(P) or O(C) work each): small batches run inline,
+// since waking the thread pool costs more than the work.
 int64_t per_sample_grain(const CamShape& shape) {
   constexpr int64_t kMinElementsPerTask = 16384;
-  return std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(shape.P, 1));
+  return std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>({shape.P, shape.C, 1}));
 }
 
-// Channel blocks per sample: enough (sample, block) tasks to occupy every core when B is small.
-int64_t channel_blocks(const CamShape& shape) {
+// A sample is split into blocks of contiguous rows (channels of NCHW, positions of channels-last):
+// enough (sample, block) tasks to occupy every core when B is small, each streaming through one
+// contiguous range of memory (column slices of channels-last rows would be read twice).
+int64_t blocks_per_sample(const CamShape& shape) {
+  const int64_t most = shape.channels_last ? shape.P / kMinPositionsPerBlock : shape.C / kMinChannelsPerBlock;
   const int64_t wanted = (kTargetTasks + shape.B - 1) / std::max<int64_t>(shape.B, 1);
-  return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(shape.C / kMinChannelsPerBlock, 1));
+  return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(most, 1));
 }
 
 // Half rows reach the arithmetic as float chunks of kChunk elements per row, converted 8 at a time
@@ -240,22 +246,23 @@ acc_t normaliser(Normalize norm, acc_t lo, acc_t hi, acc_t eps) {
   return norm == Normalize::MinMax ? hi - lo + eps : hi + eps;
 }
 
-// One (sample, channel block) of the forward: w for channels [c0, c1) and their share of s.
+// Channel block [c0, c1) of an NCHW sample in the forward: w for its channels, its share of s.
 template <typename scalar_t, typename acc_t>
-void forward_block(const CamShape& shape, const scalar_t* a, const scalar_t* g, int64_t c0,
-                   int64_t c1, acc_t* w, acc_t* s_part) {
-  const int64_t C = shape.C, P = shape.P, n = c1 - c0;
-  const acc_t inv_p = acc_t(1) / P;
-  if (!shape.channels_last) {  // rows are channels: w by row sums, s by a weighted sum of rows
-    std::fill(s_part, s_part + P, acc_t(0));
-    rows_dot<false>(g + c0 * P, P, static_cast<const acc_t*>(nullptr), n, P, inv_p, w + c0);
-    rows_axpy(a + c0 * P, P, w + c0, n, P, s_part);
-  } else {  // rows are positions: w by a sum of rows, s by row dots
-    std::fill(w + c0, w + c1, acc_t(0));
-    rows_axpy(g + c0, C, static_cast<const acc_t*>(nullptr), P, n, w + c0);
-    for (int64_t i = c0; i < c1; ++i) w[i] *= inv_p;
-    rows_dot<true>(a + c0, C, w + c0, P, n, acc_t(1), s_part);
+void forward_channels(int64_t P, const scalar_t* a, const scalar_t* g, int64_t c0, int64_t c1, acc_t* w,
+                      acc_t* s_part) {
+  std::fill(s_part, s_part + P, acc_t(0));
+  rows_dot<false>(g + c0 * P, P, static_cast<const acc_t*>(nullptr), c1 - c0, P, acc_t(1) / P, w + c0);
+  rows_axpy(a + c0 * P, P, w + c0, c1 - c0, P, s_part);
+}
+
+// out[c] = scale * sum_k parts[k * C + c]: the blocks' partial sums, added in block order (in place
+// in parts[0, C)).
+template <typename acc_t, typename out_t>
+void combine_blocks(acc_t* parts, int64_t blocks, int64_t C, acc_t scale, out_t* out) {
+  for (int64_t k = 1; k < blocks; ++k) {
+    for (int64_t c = 0; c < C; ++c) parts[c] += parts[k * C + c];
   }
+  for (int64_t c = 0; c < C; ++c) out[c] = static_cast<out_t>(parts[c] * scale);
 }
 
 // Sums the block partials of one sample into s, then rectifies and normalises it into y.
@@ -325,24 +332,13 @@ template <typename scalar_t, typename acc_t>
   for (; i < n; ++i) out[i] = static_cast<scalar_t>(scale * v[i]);
 }
 
-// One (sample, channel block) of the backward, each part only if wanted:
+// Channel block [c0, c1) of an NCHW sample in the backward, each part only if wanted:
 //   gA[c,p] = w[c] gs[p]  and  gw[c] = 1/P sum_p A[c,p] gs[p]  (gG[c,p] = gw[c] for every p).
 template <typename scalar_t, typename acc_t>
-void backward_block(const CamShape& shape, const scalar_t* a, const acc_t* w, const acc_t* gs,
-                    int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gw) {
-  const int64_t C = shape.C, P = shape.P, n = c1 - c0;
-  const acc_t inv_p = acc_t(1) / P;
-  if (!shape.channels_last) {
-    if (gw) rows_dot<true>(a + c0 * P, P, gs, n, P, inv_p, gw + c0);
-    for (int64_t c = c0; ga && c < c1; ++c) store_scaled(ga + c * P, w[c], gs, P);
-  } else {
-    if (gw) {
-      std::vector<acc_t> dot(n, acc_t(0));
-      rows_axpy(a + c0, C, gs, P, n, dot.data());
-      for (int64_t i = 0; i < n; ++i) gw[c0 + i] = static_cast<scalar_t>(dot[i] * inv_p);
-    }
-    for (int64_t p = 0; ga && p < P; ++p) store_scaled(ga + p * C + c0, gs[p], w + c0, n);
-  }
+void backward_channels(int64_t P, const scalar_t* a, const acc_t* w, const acc_t* gs, int64_t c0, int64_t c1,
+                       scalar_t* ga, scalar_t* gw) {
+  if (gw) rows_dot<true>(a + c0 * P, P, gs, c1 - c0, P, acc_t(1) / P, gw + c0);
+  for (int64_t c = c0; ga && c < c1; ++c) store_scaled(ga + c * P, w[c], gs, P);
 }
 
 // Asks the kernel to back a fresh, still untouched output with 2 MB pages: writing a large
@@ -360,17 +356,56 @@ void advise_huge_pages(const at::Tensor& fresh) {
 #endif
 }
 
-// Runs fn(b, c0, c1) over every (sample, channel block) task in parallel.
+// The stages of a pass: fn(b, k, r0, r1) on every block k (rows [r0, r1)) of every sample b, or
+// fn(b) on every sample.
 template <typename Fn>
-void for_each_block(const CamShape& shape, int64_t blocks, const Fn& fn) {
-  const int64_t per_block = (shape.C + blocks - 1) / blocks;
+struct PerBlock {
+  Fn fn;
+};
+template <typename Fn>
+struct PerSample {
+  Fn fn;
+};
+
+template <typename Fn>
+void run_task(const PerBlock<Fn>& stage, int64_t b, int64_t k, int64_t rows, int64_t blocks) {
+  const int64_t per_block = (rows + blocks - 1) / blocks;
+  const int64_t r0 = std::min(k * per_block, rows);
+  stage.fn(b, k, r0, std::min(r0 + per_block, rows));
+}
+
+template <typename Fn>
+void run_task(const PerSample<Fn>& stage, int64_t b, int64_t, int64_t, int64_t) {
+  stage.fn(b);
+}
+
+template <typename Fn>
+void run_stage(const CamShape& shape, int64_t rows, int64_t blocks, const PerBlock<Fn>& stage) {
   at::parallel_for(0, shape.B * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, k = task % blocks;
-      const int64_t c0 = std::min(k * per_block, shape.C), c1 = std::min(c0 + per_block, shape.C);
-      fn(b, k, c0, c1);
-    }
+    for (int64_t task = begin; task < end; ++task) run_task(stage, task / blocks, task % blocks, rows, blocks);
   });
+}
+
+template <typename Fn>
+void run_stage(const CamShape& shape, int64_t, int64_t, const PerSample<Fn>& stage) {
+  at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) stage.fn(b);
+  });
+}
+
+// Runs the stages in order. With one block per sample a task runs every stage of its sample (one
+// parallel region, the sample still in cache); otherwise each stage is a parallel region of its
+// own, since a stage may need every block of the stage before.
+template <typename... Stages>
+void run_stages(const CamShape& shape, int64_t blocks, const Stages&... stages) {
+  const int64_t rows = shape.channels_last ? shape.P : shape.C;
+  if (blocks == 1) {
+    at::parallel_for(0, shape.B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) (run_task(stages, b, 0, rows, 1), ...);
+    });
+    return;
+  }
+  (run_stage(shape, rows, blocks, stages), ...);
 }
 
 at::ScalarType acc_dtype(at::ScalarType t) {
@@ -393,11 +428,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
   at::Tensor ext = at::empty({shape.B, 2}, acc_opts);
   if (y.numel() == 0) return {y, w.zero_(), s, ext.zero_()};
 
-  const int64_t blocks = channel_blocks(shape);
-  at::Tensor partials = at::empty({shape.B, blocks, shape.P}, acc_opts);
+  const int64_t blocks = blocks_per_sample(shape);
+  // Block partial sums: of s over channels (NCHW), of w over positions (channels-last).
+  at::Tensor partials = at::empty({shape.B, blocks, shape.channels_last ? shape.C : shape.P}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t CP = shape.C * shape.P;
+    const int64_t C = shape.C, P = shape.P, CP = C * P, part_size = partials.size(2);
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
     acc_t* w_ptr = w.mutable_data_ptr<acc_t>();
@@ -405,25 +441,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
     acc_t* s_ptr = s.mutable_data_ptr<acc_t>();
     acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
     scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
-    auto block = [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
-      forward_block(shape, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * shape.C,
-                    part_ptr + (b * blocks + k) * shape.P);
+    auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * part_size; };
+    auto finish = [&](int64_t b, const acc_t* s_parts, int64_t parts) {
+      finish_sample(P, parts, s_parts, relu, norm, static_cast<acc_t>(eps), s_ptr + b * P, ext_ptr + 2 * b,
+                    y_ptr + b * P);
     };
-    auto finish = [&](int64_t b) {
-      finish_sample(shape.P, blocks, part_ptr + b * blocks * shape.P, relu, norm,
-                    static_cast<acc_t>(eps), s_ptr + b * shape.P, ext_ptr + 2 * b, y_ptr + b * shape.P);
-    };
-    if (blocks == 1) {  // one task per sample does both: one parallel region, s still in cache
-      for_each_block(shape, 1, [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
-        block(b, k, c0, c1);
-        finish(b);
-      });
+    if (!shape.channels_last) {  // rows are channels: w by row sums, s by a weighted sum of rows
+      run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
+                   forward_channels(P, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * C, part(b, k));
+                 }},
+                 PerSample{[&](int64_t b) { finish(b, part(b, 0), blocks); }});
       return;
     }
-    for_each_block(shape, blocks, block);
-    at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) finish(b);
-    });
+    // Rows are positions: w by a sum of rows (every block's before s), s by row dots.
+    run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                 std::fill(part(b, k), part(b, k) + C, acc_t(0));
+                 rows_axpy(g_ptr + b * CP + p0 * C, C, static_cast<const acc_t*>(nullptr), p1 - p0, C, part(b, k));
+               }},
+               PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, w_ptr + b * C); }},
+               PerBlock{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
+                 rows_dot<true>(a_ptr + b * CP + p0 * C, C, w_ptr + b * C, p1 - p0, C, acc_t(1), s_ptr + b * P + p0);
+               }},
+               PerSample{[&](int64_t b) { finish(b, s_ptr + b * P, 1); }});
   });
   return {y, w, s, ext};
 }
@@ -435,9 +474,12 @@ void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& 
   const at::Tensor gy = grad_map.contiguous();
   const at::Tensor w = weights.contiguous(), s = scores.contiguous(), ext = extremes.contiguous();
   at::Tensor gs = at::empty_like(s);
+  const int64_t blocks = blocks_per_sample(shape);
+  // Block partial sums of gw over positions (channels-last).
+  at::Tensor partials = at::empty({shape.channels_last && gw ? shape.B * blocks * shape.C : 0}, gs.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t P = shape.P, CP = shape.C * shape.P;
+    const int64_t C = shape.C, P = shape.P, CP = C * P;
     const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
     const acc_t* s_ptr = s.const_data_ptr<acc_t>();
     const acc_t* ext_ptr = ext.const_data_ptr<acc_t>();
@@ -446,26 +488,30 @@ void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& 
     const acc_t* w_ptr = w.const_data_ptr<acc_t>();
     scalar_t* ga_ptr = ga ? ga->mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* gw_ptr = gw ? gw->mutable_data_ptr<scalar_t>() : nullptr;
-    auto score_grad = [&](int64_t b) {
-      score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm,
-                        static_cast<acc_t>(eps), gs_ptr + b * P);
-    };
-    auto block = [&](int64_t b, int64_t, int64_t c0, int64_t c1) {
-      backward_block(shape, a_ptr + b * CP, w_ptr + b * shape.C, gs_ptr + b * P, c0, c1,
-                     ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? gw_ptr + b * shape.C : nullptr);
-    };
-    const int64_t blocks = channel_blocks(shape);
-    if (blocks == 1) {  // one task per sample does both, as in the forward
-      for_each_block(shape, 1, [&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
-        score_grad(b);
-        block(b, k, c0, c1);
-      });
+    acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
+    auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * C; };
+    const PerSample score_grad{[&](int64_t b) {
+      score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm, static_cast<acc_t>(eps),
+                        gs_ptr + b * P);
+    }};
+    if (!shape.channels_last) {
+      run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t, int64_t c0, int64_t c1) {
+                   backward_channels(P, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, c0, c1,
+                                     ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? gw_ptr + b * C : nullptr);
+                 }});
       return;
     }
-    at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) score_grad(b);
-    });
-    for_each_block(shape, blocks, block);
+    // Rows are positions: gA[p,c] = gs[p] w[c]; gw[c] = 1/P sum_p gs[p] A[p,c], summed by blocks.
+    run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                 const acc_t* gs_b = gs_ptr + b * P;
+                 for (int64_t p = p0; ga_ptr && p < p1; ++p) store_scaled(ga_ptr + b * CP + p * C, gs_b[p], w_ptr + b * C, C);
+                 if (!gw_ptr) return;
+                 std::fill(part(b, k), part(b, k) + C, acc_t(0));
+                 rows_axpy(a_ptr + b * CP + p0 * C, C, gs_b + p0, p1 - p0, C, part(b, k));
+               }},
+               PerSample{[&](int64_t b) {
+                 if (gw_ptr) combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, gw_ptr + b * C);
+               }});
   });
 }
 
