@@ -28,14 +28,20 @@ def _use_cuda():
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
-def _extension():
+def cxx_flags():
+    """Compiler flags of the C++ sources (also used by benchmarks/ab_cpu_kernel.py)."""
     debug = os.environ.get("BATCHCAM_DEBUG", "0") == "1"
     march = os.environ.get("BATCHCAM_MARCH", "native")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -ffp-contract=off: floating-point arithmetic exactly as written (GCC's default in C++ fuses
     # a * b + c into an FMA where it vectorises, so one kernel instantiation could round
     # differently from another); FMAs only where the code asks for them.
-    cxx += ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"] + ([f"-march={march}"] if march else [])
+    return cxx + ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"] + ([f"-march={march}"] if march else [])
+
+
+def _extension():
+    debug = os.environ.get("BATCHCAM_DEBUG", "0") == "1"
+    cxx = cxx_flags()
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     kwargs = dict(
         name="batchcam._C",
@@ -49,8 +55,9 @@ def _extension():
     return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DBATCHCAM_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
 
 
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
-)
+if __name__ == "__main__":
+    setup(
+        ext_modules=[_extension()],
+        cmdclass={"build_ext": BuildExtension},
+        options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    )

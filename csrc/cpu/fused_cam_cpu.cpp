@@ -7,9 +7,10 @@
 //   gr = dy/dr^T gy (ties in the extremes share their gradient evenly)    gs = gr * (s > 0)
 //   gA[c,p] = w[c] gs[p]           gG[c,p] = 1/P sum_p' gs[p'] A[c,p']
 //
-// Work is split into (sample, channel block) tasks run by at::parallel_for. The number of blocks
-// depends on the shape only, and partial sums are combined in a fixed order, so results are
-// bitwise reproducible whatever the thread count. Every reduction is one of two primitives over a
+// Work is split into (sample, block) tasks run by at::parallel_for, a block being a range of rows
+// (channels of NCHW, positions of channels-last). The number of blocks depends on the shape only,
+// and partial sums are combined in a fixed order, so results are bitwise reproducible whatever
+// the thread count. Every reduction is one of two primitives over a
 // sample seen as rows of contiguous elements: rows_dot (a dot product per row, kept in kLanes
 // interleaved partial sums so that -O3 vectorises it without reassociating additions; with AVX2,
 // 8 rows at a time in explicit vectors, see rows_dot_8) and rows_axpy (a weighted sum of rows,

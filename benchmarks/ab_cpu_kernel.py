@@ -1,0 +1,124 @@
+"""The CPU kernels of this working tree against another commit's, built alike, timed in one process.
+
+On a shared VM, CPU timings move by 20% or more from one process to the next; two builds timed in
+turn within one process compare to a few percent. Each build is an op library of its own (the C++
+namespace and the torch library renamed with -Dbatchcam=...), compiled with setup.py's flags and
+Python's own (setuptools adds those: -fwrapv among them changes GCC's code here by up to 2x).
+Forward and backward kernels are called directly (no autograd), each timed as the fastest of 25
+rounds of repeated calls, after a check that both builds agree.
+
+    python benchmarks/ab_cpu_kernel.py --base HEAD~1
+    python benchmarks/ab_cpu_kernel.py --base 6789897 --threads 1 --dtype float16 --shape 32,64,7,7
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+import torch
+from torch.utils.cpp_extension import load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine, write_result  # noqa: E402
+from setup import cxx_flags  # noqa: E402
+
+SOURCES = ["csrc/fused_cam.cpp", "csrc/fused_cam.h", "csrc/cpu/fused_cam_cpu.cpp"]
+# (B, C, H, W, channels_last): the CPU shapes of bench_op.py, plus channels-last at small batches.
+SHAPES = [(256, 64, 7, 7, False), (64, 512, 7, 7, False), (64, 2048, 7, 7, False), (1, 2048, 14, 14, False),
+          (16, 256, 56, 56, False), (16, 256, 56, 56, True), (2, 256, 28, 28, True), (1, 512, 14, 14, True),
+          (4, 2048, 7, 7, True)]
+
+
+def build(label, commit, workdir):
+    """torch.ops.<namespace> of the CPU kernels at `commit` (None: the working tree)."""
+    for path in SOURCES:
+        target = os.path.join(workdir, label, path)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if commit is None:
+            text = open(os.path.join(ROOT, path)).read()
+        else:
+            text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, check=True, capture_output=True,
+                                  text=True).stdout
+        open(target, "w").write(text)
+    namespace = f"batchcam_ab_{label}"
+    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + cxx_flags() + [f"-Dbatchcam={namespace}"]
+    load(name=f"ab_{label}", sources=[os.path.join(workdir, label, p) for p in SOURCES if p.endswith(".cpp")],
+         extra_cflags=flags, extra_ldflags=["-fopenmp"], is_python_module=False,
+         build_directory=os.path.join(workdir, label))
+    return getattr(torch.ops, namespace)
+
+
+def kernels(ops, a, g, gy):
+    """The forward and backward kernel calls of one build, on fixed inputs."""
+    options = (True, "minmax", 1e-7, "fused")
+    _, w, s, ext = ops.cam_forward(a, g, *options)
+    return {"fwd": lambda: ops.cam_forward(a, g, *options),
+            "bwd": lambda: ops.cam_backward(gy, a, w, s, ext, *options, [True, True])}
+
+
+def fastest(calls, runs, rounds=25):
+    """{key: seconds per call}: the fastest round of `runs` calls, the functions taking turns."""
+    best = dict.fromkeys(calls, float("inf"))
+    for fn in calls.values():
+        fn()
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(runs):
+                fn()
+            best[key] = min(best[key], (time.perf_counter() - start) / runs)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="commit to compare the working tree with")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--shape", action="append", help="B,C,H,W[,nhwc] (repeatable; default: SHAPES)")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="also write the result files here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    shapes = SHAPES if not args.shape else [
+        (*map(int, s.split(",")[:4]), s.endswith(",nhwc")) for s in args.shape]
+    base_commit = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, check=True,
+                                 capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as workdir:
+        print("building both (about a minute each)", flush=True)
+        builds = {"base": build("base", base_commit, workdir), "this": build("this", None, workdir)}
+
+    header = ["shape (B,C,H,W)", "layout", "base fwd us", "this fwd us", "this/base fwd",
+              "base bwd us", "this bwd us", "this/base bwd"]
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for B, C, H, W, channels_last in shapes:
+        a, g = (torch.randn(B, C, H, W, generator=gen).to(dtype) for _ in range(2))
+        if channels_last:
+            a, g = (t.contiguous(memory_format=torch.channels_last) for t in (a, g))
+        gy = torch.randn(B, H, W, generator=gen).to(dtype)
+        calls = {(label, name): fn for label, ops in builds.items() for name, fn in kernels(ops, a, g, gy).items()}
+        base_map, this_map = calls["base", "fwd"]()[0], calls["this", "fwd"]()[0]
+        torch.testing.assert_close(this_map.double(), base_map.double(), rtol=1e-2, atol=1e-3, equal_nan=True)
+        best = fastest(calls, runs=max(1, int(2e6 / a.numel())))
+        row = [f"{B},{C},{H},{W}", "NHWC" if channels_last else "NCHW"]
+        for name in ("fwd", "bwd"):
+            row += [f"{best['base', name] * 1e6:.1f}", f"{best['this', name] * 1e6:.1f}",
+                    f"{best['this', name] / best['base', name]:.2f}"]
+        rows.append(row)
+        print(" | ".join(row), flush=True)
+    info = machine(torch.device("cpu"))
+    notes = {"base": base_commit, "threads": args.threads, "dtype": args.dtype,
+             "method": "kernels called directly; fastest of 25 rounds, the two builds in turn"}
+    table, paths = write_result(f"ab_cpu_kernel-{args.dtype}-t{args.threads}", info, header, rows, notes, args.out)
+    print("\n" + table + "\nwritten: " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    main()
