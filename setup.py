@@ -36,7 +36,8 @@ def cxx_flags():
     # -ffp-contract=off: floating-point arithmetic exactly as written (GCC's default in C++ fuses
     # a * b + c into an FMA where it vectorises, so one kernel instantiation could round
     # differently from another); FMAs only where the code asks for them.
-    return cxx + ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"] + ([f"-march={march}"] if march else [])
+    cxx += ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
+    return cxx + ([f"-march={march}"] if march else [])
 
 
 def _extension():
@@ -52,7 +53,8 @@ def _extension():
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
     sources += _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu")
-    return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DBATCHCAM_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
+    return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DBATCHCAM_WITH_CUDA"], "nvcc": nvcc},
+                         **kwargs)
 
 
 if __name__ == "__main__":
