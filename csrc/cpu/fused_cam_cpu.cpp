@@ -129,7 +129,8 @@ template <bool HasY, int64_t R, typename acc_t, typename scalar_t>
 
 // out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for R rows.
 template <bool HasY, int64_t R, typename acc_t, typename scalar_t, typename out_t>
-[[gnu::always_inline]] inline void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n, acc_t scale, out_t* out) {
+[[gnu::always_inline]] inline void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n,
+                                                  acc_t scale, out_t* out) {
   acc_t lanes[R][kLanes] = {};
   over_rows_in_acc<R, acc_t>(x, stride, n, [&](const auto* rows, int64_t row_stride, int64_t i0, int64_t m) {
     accumulate_lanes<HasY, R>(rows, row_stride, HasY ? y + i0 : y, m, lanes);
@@ -209,7 +210,8 @@ void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, i
 
 // out[i] += sum_r w[r] * x[r * stride + i], for i < n.
 template <int64_t R, typename acc_t, typename scalar_t>
-[[gnu::always_inline]] inline void accumulate_rows(const scalar_t* x, int64_t stride, const acc_t (&w)[R], int64_t n, acc_t* out) {
+[[gnu::always_inline]] inline void accumulate_rows(const scalar_t* x, int64_t stride, const acc_t (&w)[R], int64_t n,
+                                                   acc_t* out) {
   for (int64_t i = 0; i < n; ++i) {
     acc_t v = 0;
     for (int64_t r = 0; r < R; ++r) v += w[r] * static_cast<acc_t>(x[r * stride + i]);
@@ -219,7 +221,8 @@ template <int64_t R, typename acc_t, typename scalar_t>
 
 // out[i] += sum_r w[r] * x[r * stride + i] (w = 1 when null), for i < n.
 template <int64_t R, typename acc_t, typename scalar_t>
-[[gnu::always_inline]] inline void rows_axpy_block(const scalar_t* x, int64_t stride, const acc_t* w, int64_t n, acc_t* out) {
+[[gnu::always_inline]] inline void rows_axpy_block(const scalar_t* x, int64_t stride, const acc_t* w, int64_t n,
+                                                   acc_t* out) {
   acc_t wr[R];
   for (int64_t r = 0; r < R; ++r) wr[r] = w ? w[r] : acc_t(1);
   over_rows_in_acc<R, acc_t>(x, stride, n, [&](const auto* rows, int64_t row_stride, int64_t i0, int64_t m) {
@@ -254,6 +257,13 @@ void forward_channels(int64_t P, const scalar_t* a, const scalar_t* g, int64_t c
   std::fill(s_part, s_part + P, acc_t(0));
   rows_dot<false>(g + c0 * P, P, static_cast<const acc_t*>(nullptr), c1 - c0, P, acc_t(1) / P, w + c0);
   rows_axpy(a + c0 * P, P, w + c0, c1 - c0, P, s_part);
+}
+
+// Position block [p0, p1) of a channels-last sample: its partial sum of G's rows (C values).
+template <typename scalar_t, typename acc_t>
+void sum_positions(int64_t C, const scalar_t* g, int64_t p0, int64_t p1, acc_t* part) {
+  std::fill(part, part + C, acc_t(0));
+  rows_axpy(g + p0 * C, C, static_cast<const acc_t*>(nullptr), p1 - p0, C, part);
 }
 
 // out[c] = scale * sum_k parts[k * C + c]: the blocks' partial sums, added in block order (in place
@@ -340,6 +350,17 @@ void backward_channels(int64_t P, const scalar_t* a, const acc_t* w, const acc_t
                        scalar_t* ga, scalar_t* gw) {
   if (gw) rows_dot<true>(a + c0 * P, P, gs, c1 - c0, P, acc_t(1) / P, gw + c0);
   for (int64_t c = c0; ga && c < c1; ++c) store_scaled(ga + c * P, w[c], gs, P);
+}
+
+// Position block [p0, p1) of a channels-last sample in the backward: its rows of gA (if wanted)
+// and its partial sum of gw (C values, if wanted; gw = 1/P sum of the blocks').
+template <typename scalar_t, typename acc_t>
+void backward_positions(int64_t C, const scalar_t* a, const acc_t* w, const acc_t* gs, int64_t p0, int64_t p1,
+                        scalar_t* ga, acc_t* gw_part) {
+  for (int64_t p = p0; ga && p < p1; ++p) store_scaled(ga + p * C, gs[p], w, C);
+  if (!gw_part) return;
+  std::fill(gw_part, gw_part + C, acc_t(0));
+  rows_axpy(a + p0 * C, C, gs + p0, p1 - p0, C, gw_part);
 }
 
 // Asks the kernel to back a fresh, still untouched output with 2 MB pages: writing a large
@@ -455,15 +476,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
       return;
     }
     // Rows are positions: w by a sum of rows (every block's before s), s by row dots.
-    run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
-                 std::fill(part(b, k), part(b, k) + C, acc_t(0));
-                 rows_axpy(g_ptr + b * CP + p0 * C, C, static_cast<const acc_t*>(nullptr), p1 - p0, C, part(b, k));
-               }},
-               PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, w_ptr + b * C); }},
-               PerBlock{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
-                 rows_dot<true>(a_ptr + b * CP + p0 * C, C, w_ptr + b * C, p1 - p0, C, acc_t(1), s_ptr + b * P + p0);
-               }},
-               PerSample{[&](int64_t b) { finish(b, s_ptr + b * P, 1); }});
+    run_stages(
+        shape, blocks,
+        PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+          sum_positions(C, g_ptr + b * CP, p0, p1, part(b, k));
+        }},
+        PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, w_ptr + b * C); }},
+        PerBlock{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
+          const scalar_t* a_rows = a_ptr + b * CP + p0 * C;
+          rows_dot<true>(a_rows, C, w_ptr + b * C, p1 - p0, C, acc_t(1), s_ptr + b * P + p0);
+        }},
+        PerSample{[&](int64_t b) { finish(b, s_ptr + b * P, 1); }});
   });
   return {y, w, s, ext};
 }
@@ -504,11 +527,8 @@ void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& 
     }
     // Rows are positions: gA[p,c] = gs[p] w[c]; gw[c] = 1/P sum_p gs[p] A[p,c], summed by blocks.
     run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
-                 const acc_t* gs_b = gs_ptr + b * P;
-                 for (int64_t p = p0; ga_ptr && p < p1; ++p) store_scaled(ga_ptr + b * CP + p * C, gs_b[p], w_ptr + b * C, C);
-                 if (!gw_ptr) return;
-                 std::fill(part(b, k), part(b, k) + C, acc_t(0));
-                 rows_axpy(a_ptr + b * CP + p0 * C, C, gs_b + p0, p1 - p0, C, part(b, k));
+                 backward_positions(C, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, p0, p1,
+                                    ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? part(b, k) : nullptr);
                }},
                PerSample{[&](int64_t b) {
                  if (gw_ptr) combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, gw_ptr + b * C);
