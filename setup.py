@@ -28,16 +28,35 @@ def _use_cuda():
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
-def cxx_flags():
-    """Compiler flags of the C++ sources (also used by benchmarks/ab_cpu_kernel.py)."""
+def cxx_flags(march=None):
+    """Compiler flags of the C++ sources; march: the -march value (default $BATCHCAM_MARCH, else
+    native; "" for none)."""
     debug = os.environ.get("BATCHCAM_DEBUG", "0") == "1"
-    march = os.environ.get("BATCHCAM_MARCH", "native")
+    march = os.environ.get("BATCHCAM_MARCH", "native") if march is None else march
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -ffp-contract=off: floating-point arithmetic exactly as written (GCC's default in C++ fuses
     # a * b + c into an FMA where it vectorises, so one kernel instantiation could round
     # differently from another); FMAs only where the code asks for them.
     cxx += ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
     return cxx + ([f"-march={march}"] if march else [])
+
+
+def load_cpu_kernels(namespace, source_root=ROOT, build_dir=None, march=None):
+    """The op schemas and CPU kernels under source_root, built with cxx_flags(march) and Python's
+    own flags (setuptools adds them; -fwrapv among them changes GCC's code here) as the torch
+    library `namespace` (-Dbatchcam=namespace renames it), loaded into this process beside
+    batchcam._C: for comparing builds (benchmarks/ab_cpu_kernel.py, tests/test_portable_build.py).
+    Returns torch.ops.<namespace>."""
+    import shlex
+    import sysconfig
+
+    from torch.utils.cpp_extension import load
+
+    sources = [os.path.join(source_root, "csrc", *path) for path in (["fused_cam.cpp"], ["cpu", "fused_cam_cpu.cpp"])]
+    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + cxx_flags(march) + [f"-Dbatchcam={namespace}"]
+    load(name=namespace, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"], is_python_module=False,
+         build_directory=build_dir)
+    return getattr(torch.ops, namespace)
 
 
 def _extension():

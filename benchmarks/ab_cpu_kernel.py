@@ -2,8 +2,9 @@
 
 On a shared VM, CPU timings move by 20% or more from one process to the next; two builds timed in
 turn within one process compare to a few percent. Each build is an op library of its own (the C++
-namespace and the torch library renamed with -Dbatchcam=...), compiled with setup.py's flags and
-Python's own (setuptools adds those: -fwrapv among them changes GCC's code here by up to 2x).
+namespace and the torch library renamed, setup.py's load_cpu_kernels), compiled with setup.py's
+flags and Python's own, as setuptools compiles them (-fwrapv among them changes GCC's code here
+by up to 2x).
 Forward and backward kernels are called directly (no autograd), each timed as the fastest of 25
 rounds of repeated calls, after a check that both builds agree.
 
@@ -12,21 +13,18 @@ rounds of repeated calls, after a check that both builds agree.
 """
 import argparse
 import os
-import shlex
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 
 import torch
-from torch.utils.cpp_extension import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, write_result  # noqa: E402
-from setup import cxx_flags  # noqa: E402
+from setup import load_cpu_kernels  # noqa: E402
 
 SOURCES = ["csrc/fused_cam.cpp", "csrc/fused_cam.h", "csrc/cpu/fused_cam_cpu.cpp"]
 # (B, C, H, W, channels_last): the CPU shapes of bench_op.py, plus channels-last at small batches.
@@ -46,12 +44,7 @@ def build(label, commit, workdir):
             text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, check=True, capture_output=True,
                                   text=True).stdout
         open(target, "w").write(text)
-    namespace = f"batchcam_ab_{label}"
-    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + cxx_flags() + [f"-Dbatchcam={namespace}"]
-    load(name=f"ab_{label}", sources=[os.path.join(workdir, label, p) for p in SOURCES if p.endswith(".cpp")],
-         extra_cflags=flags, extra_ldflags=["-fopenmp"], is_python_module=False,
-         build_directory=os.path.join(workdir, label))
-    return getattr(torch.ops, namespace)
+    return load_cpu_kernels(f"batchcam_ab_{label}", os.path.join(workdir, label), os.path.join(workdir, label))
 
 
 def kernels(ops, a, g, gy):
