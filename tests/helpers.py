@@ -5,6 +5,7 @@ composition run in the kernel's dtype (flash-attention's rule), plus a small dty
 to the magnitude of the result.
 """
 import contextlib
+import warnings
 
 import torch
 
@@ -79,13 +80,19 @@ def check_against_reference(fn, a, g, seed=1, **kw):
 
 
 @contextlib.contextmanager
+def cpu_kernels_replaced(cam_forward, cam_backward):
+    """Runs the op's CPU dispatch of cam_forward and cam_backward through other implementations:
+    the whole op path (checks, autograd, broadcast of the gradient of the gradients) with them."""
+    with warnings.catch_warnings(), torch.library._scoped_library("batchcam", "IMPL") as lib:
+        warnings.filterwarnings("ignore", "Warning only once for all operators")  # "overriding a kernel"
+        lib.impl("cam_forward", cam_forward, "CPU")
+        lib.impl("cam_backward", cam_backward, "CPU")
+        yield
+
+
 def triton_kernels_on_cpu():
-    """Runs the op's CPU dispatch through the Triton kernels (in Triton's interpreter, which
-    conftest.py turns on without a GPU): the whole op path (checks, autograd, broadcast of the
-    gradient of the gradients) with the Triton kernels, on a machine without a GPU."""
+    """The op on CPU tensors with the Triton kernels (in Triton's interpreter, which conftest.py
+    turns on without a GPU), on a machine without a GPU."""
     import batchcam.ops
 
-    with torch.library._scoped_library("batchcam", "IMPL") as lib:
-        lib.impl("cam_forward", batchcam.ops._cam_forward_cuda, "CPU")
-        lib.impl("cam_backward", batchcam.ops._cam_backward_cuda, "CPU")
-        yield
+    return cpu_kernels_replaced(batchcam.ops._cam_forward_cuda, batchcam.ops._cam_backward_cuda)
