@@ -23,6 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_op import make  # noqa: E402
 from common import machine, write_result  # noqa: E402
 from setup import load_cpu_kernels  # noqa: E402
 
@@ -90,12 +91,8 @@ def main():
     header = ["shape (B,C,H,W)", "layout", "base fwd us", "this fwd us", "this/base fwd",
               "base bwd us", "this bwd us", "this/base bwd"]
     rows = []
-    gen = torch.Generator().manual_seed(0)
     for B, C, H, W, channels_last in shapes:
-        a, g = (torch.randn(B, C, H, W, generator=gen).to(dtype) for _ in range(2))
-        if channels_last:
-            a, g = (t.contiguous(memory_format=torch.channels_last) for t in (a, g))
-        gy = torch.randn(B, H, W, generator=gen).to(dtype)
+        a, g, gy = make((B, C, H, W, dtype, channels_last), torch.device("cpu"))
         calls = {(label, name): fn for label, ops in builds.items() for name, fn in kernels(ops, a, g, gy).items()}
         base_map, this_map = calls["base", "fwd"]()[0], calls["this", "fwd"]()[0]
         torch.testing.assert_close(this_map.double(), base_map.double(), rtol=1e-2, atol=1e-3, equal_nan=True)

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
+from bench_op import make  # noqa: E402
 from common import machine, write_result  # noqa: E402
 
 SHAPES = [(256, 64, 7, 7), (64, 512, 7, 7), (64, 2048, 7, 7), (1, 2048, 14, 14), (16, 256, 56, 56)]
@@ -34,9 +35,8 @@ def page_faults():
 
 def profile_shape(shape):
     """{part: median seconds} and {way: page faults per round}."""
-    gen = torch.Generator().manual_seed(0)
-    a, g = (torch.randn(shape, generator=gen).requires_grad_() for _ in range(2))
-    gy = torch.randn((shape[0], *shape[2:]), generator=gen)
+    a, g, gy = make((*shape, torch.float32, False), torch.device("cpu"))
+    a, g = a.requires_grad_(), g.requires_grad_()
     ad, gd = a.detach(), g.detach()
     options = (True, "minmax", 1e-7, "triton")
 

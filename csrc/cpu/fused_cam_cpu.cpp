@@ -266,26 +266,22 @@ void sum_positions(int64_t C, const scalar_t* g, int64_t p0, int64_t p1, acc_t* 
   rows_axpy(g + p0 * C, C, static_cast<const acc_t*>(nullptr), p1 - p0, C, part);
 }
 
-// out[c] = scale * sum_k parts[k * C + c]: the blocks' partial sums, added in block order (in place
-// in parts[0, C)).
+// out[i] = scale * sum_k parts[k * n + i]: the blocks' partial sums (of s over channel blocks, of
+// w and gw over position blocks), added in block order, in place in parts[0, n).
 template <typename acc_t, typename out_t>
-void combine_blocks(acc_t* parts, int64_t blocks, int64_t C, acc_t scale, out_t* out) {
+void combine_blocks(acc_t* parts, int64_t blocks, int64_t n, acc_t scale, out_t* out) {
   for (int64_t k = 1; k < blocks; ++k) {
-    for (int64_t c = 0; c < C; ++c) parts[c] += parts[k * C + c];
+    for (int64_t i = 0; i < n; ++i) parts[i] += parts[k * n + i];
   }
-  for (int64_t c = 0; c < C; ++c) out[c] = static_cast<out_t>(parts[c] * scale);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<out_t>(parts[i] * scale);
 }
 
-// Sums the block partials of one sample into s, then rectifies and normalises it into y.
+// Rectifies and normalises the scores s of one sample into y; ext = the extremes of the rectified s.
 template <typename scalar_t, typename acc_t>
-void finish_sample(int64_t P, int64_t blocks, const acc_t* partials, bool relu, Normalize norm,
-                   acc_t eps, acc_t* s, acc_t* ext, scalar_t* y) {
+void finish_sample(int64_t P, const acc_t* s, bool relu, Normalize norm, acc_t eps, acc_t* ext, scalar_t* y) {
   acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
   for (int64_t p = 0; p < P; ++p) {
-    acc_t v = partials[p];
-    for (int64_t k = 1; k < blocks; ++k) v += partials[k * P + p];
-    s[p] = v;
-    const acc_t r = rectify(v, relu);
+    const acc_t r = rectify(s[p], relu);
     lo = nan_min(lo, r);
     hi = nan_max(hi, r);
   }
@@ -464,15 +460,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
     acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
     scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
     auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * part_size; };
-    auto finish = [&](int64_t b, const acc_t* s_parts, int64_t parts) {
-      finish_sample(P, parts, s_parts, relu, norm, static_cast<acc_t>(eps), s_ptr + b * P, ext_ptr + 2 * b,
-                    y_ptr + b * P);
-    };
+    const PerSample finish{[&](int64_t b) {
+      finish_sample(P, s_ptr + b * P, relu, norm, static_cast<acc_t>(eps), ext_ptr + 2 * b, y_ptr + b * P);
+    }};
     if (!shape.channels_last) {  // rows are channels: w by row sums, s by a weighted sum of rows
       run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
                    forward_channels(P, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * C, part(b, k));
                  }},
-                 PerSample{[&](int64_t b) { finish(b, part(b, 0), blocks); }});
+                 PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, P, acc_t(1), s_ptr + b * P); }},
+                 finish);
       return;
     }
     // Rows are positions: w by a sum of rows (every block's before s), s by row dots.
@@ -486,7 +482,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cam_forward_cpu(
           const scalar_t* a_rows = a_ptr + b * CP + p0 * C;
           rows_dot<true>(a_rows, C, w_ptr + b * C, p1 - p0, C, acc_t(1), s_ptr + b * P + p0);
         }},
-        PerSample{[&](int64_t b) { finish(b, s_ptr + b * P, 1); }});
+        finish);
   });
   return {y, w, s, ext};
 }
