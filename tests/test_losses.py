@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from torch.nn import functional as F
+
+from batchcam.functional import upsample_maps
 from batchcam.losses import BatchCAMLoss, PrototypeLoss, class_prototypes, distance, reconstruct, ssim
 
 
@@ -39,6 +42,26 @@ def test_reconstruct_upsamples_maps():
     maps = torch.ones(2, 7, 7)
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(reconstruct(maps, x), x)
+    maps = torch.rand(3, 7, 5, dtype=torch.float64)
+    x = torch.rand(3, 2, 28, 20, dtype=torch.float64)
+    up = F.interpolate(maps.unsqueeze(1), size=(28, 20), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(reconstruct(maps, x), up * x, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize(("spatial", "size", "mode"), [((5,), (17,), "linear"), ((7, 5), (28, 19), "bilinear"),
+                                                       ((3, 4, 5), (6, 9, 7), "trilinear")])
+def test_upsample_maps_upsamples_each_map_alone(spatial, size, mode):
+    """The maps go through interpolate as one image's channels: the values and gradients of B
+    one-channel images."""
+    gen = torch.Generator().manual_seed(2)
+    maps = torch.rand(4, *spatial, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad = torch.rand(4, *size, generator=gen, dtype=torch.float64)
+    ours = upsample_maps(maps, size)
+    expected = F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False)[:, 0]
+    assert ours.shape == (4, *size) and ours.is_contiguous()
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(torch.autograd.grad(ours, maps, grad)[0],
+                               torch.autograd.grad(expected, maps, grad)[0], rtol=0, atol=1e-14)
 
 
 def test_class_prototypes_are_class_means():

@@ -14,12 +14,11 @@ resized the same way.
 """
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .backend import get_backend
 from .cam import class_scores
 from .capture import LayerCapture, check_submodules
-from .functional import fused_cam
+from .functional import fused_cam, upsample_maps
 
 COMBINE = ("mean", "max")
 
@@ -94,8 +93,7 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
                 "pass reshape= to turn them into (B, C, h, w)"
             )
         if out_size is not None and tuple(m.shape[1:]) != tuple(out_size):
-            mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[m.dim() - 1]
-            m = F.interpolate(m.unsqueeze(1), size=out_size, mode=mode, align_corners=False)[:, 0]
+            m = upsample_maps(m, out_size)
         maps.append(m)
     combined = maps[0]  # one layer: its map, no kernels spent on a mean or max of one
     if len(maps) > 1:

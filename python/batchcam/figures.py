@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.nn import functional as F
 
 from .cam import BatchCAM
+from .functional import upsample_maps
 from .losses import reconstruct
 
 # "jet"-like colour map: value -> (r, g, b), piecewise linear through these stops
@@ -17,11 +17,6 @@ def colourise(values: np.ndarray) -> np.ndarray:
     v = np.clip(np.nan_to_num(values), 0, 1)
     rgb = [np.interp(v, _STOPS, _COLOURS[:, k]) for k in range(3)]
     return np.stack(rgb, axis=-1).astype(np.uint8)
-
-
-def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    """(B, h, w) maps -> (B, H, W), bilinear, as the losses upsample them."""
-    return F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -49,7 +44,7 @@ def example_grid(model, data, prototypes, backend, path, per_class=2, scale=3):
         _, maps = cam(x, y)
     model.train(was_training)
     maps = maps.detach().float()
-    up = upsample(maps, x.shape[-2:]).cpu().numpy()
+    up = upsample_maps(maps.float(), x.shape[2:]).cpu().numpy()
     recon = reconstruct(maps, x).detach().cpu().numpy()[:, 0]
     images, protos = x.cpu().numpy()[:, 0], prototypes[y].cpu().numpy()[:, 0]
     columns = ("input", "map", "reconstruction", "prototype")

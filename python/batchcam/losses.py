@@ -15,14 +15,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from .functional import upsample_maps
+
 DISTANCES = ("l1", "l2", "ssim")
 
 
 def reconstruct(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """up(cam) * x: maps (B, h, w) bilinearly upsampled to the images' (B, C, H, W) size."""
-    up = F.interpolate(maps.unsqueeze(1).to(images.dtype), size=images.shape[-2:], mode="bilinear",
-                       align_corners=False)
-    return up * images
+    return upsample_maps(maps.to(images.dtype), images.shape[2:]).unsqueeze(1) * images
 
 
 def _gaussian_window(size=11, sigma=1.5, device=None, dtype=None):
