@@ -15,11 +15,12 @@ The anchors are benchmark-only: run this in an environment that has them, e.g.
     python -m venv /opt/bcbench && /opt/bcbench/bin/pip install torch==2.14.1 torchvision==0.29.1 \
         grad-cam captum torchcam && BATCHCAM_SKIP_CUDA_BUILD=1 /opt/bcbench/bin/pip install \
         --no-build-isolation .
-    /opt/bcbench/bin/python benchmarks/bench_explain.py [--device cuda]
+    /opt/bcbench/bin/python benchmarks/bench_explain.py [--device cuda] [--repeats 3]
 """
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 
 import numpy as np
@@ -117,11 +118,9 @@ def full_precision_convolutions():
         torch.backends.cudnn.allow_tf32 = previous
 
 
-def bench_model(label, model, layer, x, device, budget, rounds):
-    model.eval()
-    with torch.no_grad():
-        targets = model(x).argmax(1)
-    candidates = methods(model, layer, x, targets)
+def check_agreement(label, candidates, x):
+    """{method: max |map difference| to batchcam fused}, after the same resize and scaling; raises
+    AssertionError past TOLERANCE."""
     agreement = {}
     # Agreement in full float32: cuDNN's TF32 convolutions (on by default) round differently for a
     # batch of 1 than for the whole batch, which alone moves the per-sample loop's maps by ~1e-3.
@@ -133,16 +132,36 @@ def bench_model(label, model, layer, x, device, budget, rounds):
             agreement[name] = float((maps - reference).abs().max())
             if not agreement[name] <= TOLERANCE:
                 raise AssertionError(f"{label}: {name} disagrees with batchcam by {agreement[name]:.2e} > {TOLERANCE}")
+    return agreement
+
+
+def bench_model(label, model, layer, x, device, budget, rounds, repeats):
+    """Table rows: median time of each method over `repeats` timings (all methods round-robin in
+    each), its ratios to a plain forward and to batchcam fused, and with repeats > 1 the range of
+    the ratio to a forward over the repeats."""
+    model.eval()
+    with torch.no_grad():
+        targets = model(x).argmax(1)
+    candidates = methods(model, layer, x, targets)
+    agreement = check_agreement(label, candidates, x)
+
     def plain_forward():
         with torch.no_grad():
             return model(x)
 
-    times = measure_interleaved({"forward": plain_forward, **candidates}, device, rounds=rounds, budget_s=budget)
+    timings = [measure_interleaved({"forward": plain_forward, **candidates}, device, rounds=rounds, budget_s=budget)
+               for _ in range(repeats)]
+    times = {name: statistics.median(t[name] for t in timings) for name in timings[0]}
     forward = times.pop("forward")
-    rows = [[label, "plain forward (no maps)", f"{forward * 1e3:.2f}", "1.00", "-", "-"]]
+    spread = [""] if repeats > 1 else []
+    rows = [[label, "plain forward (no maps)", f"{forward * 1e3:.2f}", "1.00", "-", "-", *spread]]
     for name, t in times.items():
-        rows.append([label, name, f"{t * 1e3:.2f}", f"{t / forward:.2f}", f"{t / times['batchcam fused']:.2f}",
-                     f"{agreement[name]:.1e}"])
+        row = [label, name, f"{t * 1e3:.2f}", f"{t / forward:.2f}", f"{t / times['batchcam fused']:.2f}",
+               f"{agreement[name]:.1e}"]
+        if repeats > 1:
+            ratios = [r[name] / r["forward"] for r in timings]
+            row.append(f"{min(ratios):.2f}-{max(ratios):.2f}")
+        rows.append(row)
     for row in rows:
         print(" | ".join(row), flush=True)
     return rows
@@ -153,12 +172,16 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--budget", type=float, default=0.5, help="GPU: seconds of runs per measurement")
     parser.add_argument("--rounds", type=int, default=15, help="CPU: round-robin rounds (median taken)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time each model this many times; the table gives medians and the range "
+                             "of each method's time over a forward's")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     info = machine(device)
     header = ["model, batch", "method", "ms / batch", "x forward", "x batchcam fused", "max |map diff|"]
+    header += ["x forward range"] if args.repeats > 1 else []
     rows, failures = [], []
     setups = [("simple-cnn 28x28, 256", build_model("simple-cnn"), 256, 28),
               ("resnet18 28x28, 64", build_model("resnet18"), 64, 28)]
@@ -172,7 +195,7 @@ def main():
         x = torch.rand(batch, channels, side, side, device=device)
         layer = model.layer4 if "torchvision" in label else model.target_layer
         try:
-            rows += bench_model(label, model, layer, x, device, args.budget, args.rounds)
+            rows += bench_model(label, model, layer, x, device, args.budget, args.rounds, args.repeats)
         except AssertionError as disagreement:  # reported, and the other models still run
             failures.append(str(disagreement))
             print(f"FAILED {disagreement}", flush=True)
