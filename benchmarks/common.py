@@ -1,4 +1,9 @@
-"""Shared by the benchmark scripts: timing, copy bandwidth, the machine record, result files."""
+"""Shared by the benchmark scripts: timing, copy bandwidth, the machine record, result files.
+
+Result files are named <script>-<card or cpu>-<date>[-<BATCHCAM_RESULT_TAG>]: a tag keeps a run made
+under other settings (e.g. glibc's MALLOC_* variables) beside the default one. Every variable
+that changes timings (allocator, OpenMP, BLAS threads) is recorded in the file when set.
+"""
 import datetime
 import functools
 import json
@@ -11,6 +16,7 @@ import time
 import torch
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+TIMING_VARIABLES = ("MALLOC_", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "BATCHCAM_BACKEND")
 
 
 def measure(fn, device, reps=None, warmup=3, budget_s=2.0):
@@ -115,7 +121,7 @@ def machine(device):
     commit = os.environ.get("BATCHCAM_COMMIT") or subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(RESULTS)
     ).stdout.strip() or "unknown"
-    return {
+    info = {
         "device": name,
         "torch": torch.__version__,
         "triton": triton_version,
@@ -124,6 +130,8 @@ def machine(device):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
     }
+    environment = {k: v for k, v in sorted(os.environ.items()) if k.startswith(TIMING_VARIABLES)}
+    return {**info, "environment": environment} if environment else info
 
 
 def _cpu_name():
@@ -144,9 +152,9 @@ def markdown_table(header, rows):
 
 
 def write_result(stem, info, header, rows, extra=None, out_dir=None):
-    """Writes <stem>-<device>-<date>.json and .md under benchmarks/results/ (and `out_dir`)."""
+    """Writes <stem>-<device>-<date>[-<tag>].json and .md under benchmarks/results/ (and `out_dir`)."""
     tag = "cpu" if "threads)" in info["device"] else info["device"].replace("NVIDIA ", "").split()[0]
-    name = f"{stem}-{tag.lower()}-{info['date'][:10]}"
+    name = "-".join(filter(None, (stem, tag.lower(), info["date"][:10], os.environ.get("BATCHCAM_RESULT_TAG"))))
     table = markdown_table(header, rows)
     record = {"machine": info, "header": header, "rows": rows, **(extra or {})}
     paths = []
