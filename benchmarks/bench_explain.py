@@ -37,6 +37,9 @@ from common import machine, measure_interleaved, write_result  # noqa: E402
 # layer resolution; on these untrained models the raw maps span only about 1e-3, so the maps agree
 # to about 1e-4, not to float32 rounding.
 TOLERANCE = 1e-3
+# Anchors that failed to import, and why: printed and written to the result file (a run without
+# them still times batchcam, the per-sample loop and the forward).
+MISSING_ANCHORS = {}
 
 
 def to_input_size(maps, size):
@@ -64,7 +67,8 @@ def per_sample_loop(model, layer, x, targets):
 
 
 def methods(model, layer, x, targets):
-    """name -> (function returning maps of any resolution or normalisation, available?)."""
+    """{name: function returning maps of any resolution or normalisation} for every method whose
+    package imports; the anchors that do not are reported in MISSING_ANCHORS."""
     size = x.shape[2:]
     found = {
         "batchcam fused": lambda: batchcam.explain(model, layer, x, targets, backend="fused"),
@@ -84,16 +88,16 @@ def methods(model, layer, x, targets):
                 return grad_cam(input_tensor=x, targets=classes)
 
         found["pytorch-grad-cam"] = grad_cam_maps
-    except ImportError:
-        pass
+    except ImportError as error:
+        MISSING_ANCHORS["pytorch-grad-cam"] = str(error)
     try:
         from captum.attr import LayerAttribution, LayerGradCam
 
         captum_cam = LayerGradCam(model, layer)
         found["captum"] = lambda: LayerAttribution.interpolate(
             captum_cam.attribute(x, target=targets, relu_attributions=True), tuple(size), "bilinear")[:, 0]
-    except ImportError:
-        pass
+    except ImportError as error:
+        MISSING_ANCHORS["captum"] = str(error)
     try:
         from torchcam.methods import GradCAM as TorchCAMGradCAM
 
@@ -103,8 +107,8 @@ def methods(model, layer, x, targets):
                 return extractor(class_idx=targets.tolist(), scores=scores)[0]
 
         found["torchcam"] = torchcam_maps
-    except ImportError:
-        pass
+    except ImportError as error:
+        MISSING_ANCHORS["torchcam"] = str(error)
     return found
 
 
@@ -199,8 +203,11 @@ def main():
         except AssertionError as disagreement:  # reported, and the other models still run
             failures.append(str(disagreement))
             print(f"FAILED {disagreement}", flush=True)
+    if MISSING_ANCHORS:
+        print("anchors not timed (import failed): " + "; ".join(f"{k}: {v}" for k, v in MISSING_ANCHORS.items()))
     table, paths = write_result("bench_explain", info, header, rows,
-                                {"tolerance": TOLERANCE, "failures": failures}, args.out)
+                                {"tolerance": TOLERANCE, "failures": failures, "missing_anchors": MISSING_ANCHORS},
+                                args.out)
     print(f"\n{info['device']}, torch {info['torch']}, commit {info['commit']}\n\n{table}")
     print("\nwritten: " + ", ".join(paths))
     return 1 if failures else 0
