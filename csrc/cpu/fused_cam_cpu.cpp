@@ -276,15 +276,51 @@ void combine_blocks(acc_t* parts, int64_t blocks, int64_t n, acc_t scale, out_t*
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<out_t>(parts[i] * scale);
 }
 
-// Rectifies and normalises the scores s of one sample into y; ext = the extremes of the rectified s.
-template <typename scalar_t, typename acc_t>
-void finish_sample(int64_t P, const acc_t* s, bool relu, Normalize norm, acc_t eps, acc_t* ext, scalar_t* y) {
+// The extremes (min, max) of the rectified scores of one sample, NaN if any score is NaN (as
+// torch.amin/amax). With AVX2, 8 lanes at a time: the scalar loop's compare-and-branch per
+// element cost a tenth of a whole forward at 7x7.
+template <typename acc_t>
+std::array<acc_t, 2> rectified_extremes(int64_t P, const acc_t* s, bool relu) {
   acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
-  for (int64_t p = 0; p < P; ++p) {
+  int64_t p = 0;
+#ifdef BATCHCAM_DOT_IN_AVX2
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 lo8 = _mm256_set1_ps(lo), hi8 = _mm256_set1_ps(hi), nan8 = zero;
+    for (; p + 8 <= P; p += 8) {
+      const __m256 v = _mm256_loadu_ps(s + p), nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+      // rectify(v): v where v > 0 or NaN, else 0. min_ps / max_ps(a, b) are a < b ? a : b and
+      // a > b ? a : b, as nan_min / nan_max for numbers; NaN lanes are recorded apart.
+      const __m256 r = relu ? _mm256_blendv_ps(zero, v, _mm256_or_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), nan)) : v;
+      nan8 = _mm256_or_ps(nan8, nan);
+      lo8 = _mm256_min_ps(lo8, r);
+      hi8 = _mm256_max_ps(hi8, r);
+    }
+    if (_mm256_movemask_ps(nan8) != 0) {
+      const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+      return {nan, nan};
+    }
+    alignas(32) float lows[8], highs[8];
+    _mm256_store_ps(lows, lo8);
+    _mm256_store_ps(highs, hi8);
+    for (int64_t l = 0; l < 8; ++l) {
+      lo = nan_min(lo, lows[l]);
+      hi = nan_max(hi, highs[l]);
+    }
+  }
+#endif
+  for (; p < P; ++p) {
     const acc_t r = rectify(s[p], relu);
     lo = nan_min(lo, r);
     hi = nan_max(hi, r);
   }
+  return {lo, hi};
+}
+
+// Rectifies and normalises the scores s of one sample into y; ext = the extremes of the rectified s.
+template <typename scalar_t, typename acc_t>
+void finish_sample(int64_t P, const acc_t* s, bool relu, Normalize norm, acc_t eps, acc_t* ext, scalar_t* y) {
+  const auto [lo, hi] = rectified_extremes(P, s, relu);
   ext[0] = lo;
   ext[1] = hi;
   const acc_t shift = norm == Normalize::MinMax ? lo : acc_t(0);
