@@ -37,9 +37,6 @@ from common import machine, measure_interleaved, write_result  # noqa: E402
 # layer resolution; on these untrained models the raw maps span only about 1e-3, so the maps agree
 # to about 1e-4, not to float32 rounding.
 TOLERANCE = 1e-3
-# Anchors that failed to import, and why: printed and written to the result file (a run without
-# them still times batchcam, the per-sample loop and the forward).
-MISSING_ANCHORS = {}
 
 
 def to_input_size(maps, size):
@@ -67,9 +64,10 @@ def per_sample_loop(model, layer, x, targets):
 
 
 def methods(model, layer, x, targets):
-    """{name: function returning maps of any resolution or normalisation} for every method whose
-    package imports; the anchors that do not are reported in MISSING_ANCHORS."""
+    """({name: function returning maps of any resolution or normalisation} for every method whose
+    package imports, {anchor: import error} for the anchors that do not)."""
     size = x.shape[2:]
+    missing = {}
     found = {
         "batchcam fused": lambda: batchcam.explain(model, layer, x, targets, backend="fused"),
         "batchcam reference": lambda: batchcam.explain(model, layer, x, targets, backend="reference"),
@@ -89,7 +87,7 @@ def methods(model, layer, x, targets):
 
         found["pytorch-grad-cam"] = grad_cam_maps
     except ImportError as error:
-        MISSING_ANCHORS["pytorch-grad-cam"] = str(error)
+        missing["pytorch-grad-cam"] = str(error)
     try:
         from captum.attr import LayerAttribution, LayerGradCam
 
@@ -97,7 +95,7 @@ def methods(model, layer, x, targets):
         found["captum"] = lambda: LayerAttribution.interpolate(
             captum_cam.attribute(x, target=targets, relu_attributions=True), tuple(size), "bilinear")[:, 0]
     except ImportError as error:
-        MISSING_ANCHORS["captum"] = str(error)
+        missing["captum"] = str(error)
     try:
         from torchcam.methods import GradCAM as TorchCAMGradCAM
 
@@ -108,8 +106,8 @@ def methods(model, layer, x, targets):
 
         found["torchcam"] = torchcam_maps
     except ImportError as error:
-        MISSING_ANCHORS["torchcam"] = str(error)
-    return found
+        missing["torchcam"] = str(error)
+    return found, missing
 
 
 @contextlib.contextmanager
@@ -142,11 +140,11 @@ def check_agreement(label, candidates, x):
 def bench_model(label, model, layer, x, device, budget, rounds, repeats):
     """Table rows: median time of each method over `repeats` timings (all methods round-robin in
     each), its ratios to a plain forward and to batchcam fused, and with repeats > 1 the range of
-    the ratio to a forward over the repeats."""
+    the ratio to a forward over the repeats; and the anchors that failed to import."""
     model.eval()
     with torch.no_grad():
         targets = model(x).argmax(1)
-    candidates = methods(model, layer, x, targets)
+    candidates, missing = methods(model, layer, x, targets)
     agreement = check_agreement(label, candidates, x)
 
     def plain_forward():
@@ -168,7 +166,7 @@ def bench_model(label, model, layer, x, device, budget, rounds, repeats):
         rows.append(row)
     for row in rows:
         print(" | ".join(row), flush=True)
-    return rows
+    return rows, missing
 
 
 def main():
@@ -186,7 +184,7 @@ def main():
     info = machine(device)
     header = ["model, batch", "method", "ms / batch", "x forward", "x batchcam fused", "max |map diff|"]
     header += ["x forward range"] if args.repeats > 1 else []
-    rows, failures = [], []
+    rows, failures, missing_anchors = [], [], {}
     setups = [("simple-cnn 28x28, 256", build_model("simple-cnn"), 256, 28),
               ("resnet18 28x28, 64", build_model("resnet18"), 64, 28)]
     if device.type == "cuda":
@@ -199,14 +197,16 @@ def main():
         x = torch.rand(batch, channels, side, side, device=device)
         layer = model.layer4 if "torchvision" in label else model.target_layer
         try:
-            rows += bench_model(label, model, layer, x, device, args.budget, args.rounds, args.repeats)
+            model_rows, missing = bench_model(label, model, layer, x, device, args.budget, args.rounds, args.repeats)
+            rows += model_rows
+            missing_anchors.update(missing)
         except AssertionError as disagreement:  # reported, and the other models still run
             failures.append(str(disagreement))
             print(f"FAILED {disagreement}", flush=True)
-    if MISSING_ANCHORS:
-        print("anchors not timed (import failed): " + "; ".join(f"{k}: {v}" for k, v in MISSING_ANCHORS.items()))
+    if missing_anchors:  # the run still times batchcam, the per-sample loop and the forward
+        print("anchors not timed (import failed): " + "; ".join(f"{k}: {v}" for k, v in missing_anchors.items()))
     table, paths = write_result("bench_explain", info, header, rows,
-                                {"tolerance": TOLERANCE, "failures": failures, "missing_anchors": MISSING_ANCHORS},
+                                {"tolerance": TOLERANCE, "failures": failures, "missing_anchors": missing_anchors},
                                 args.out)
     print(f"\n{info['device']}, torch {info['torch']}, commit {info['commit']}\n\n{table}")
     print("\nwritten: " + ", ".join(paths))

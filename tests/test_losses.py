@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-
 from torch.nn import functional as F
 
 from batchcam.functional import upsample_maps

@@ -26,7 +26,6 @@
 #include <cmath>
 #include <optional>
 #include <type_traits>
-#include <vector>
 
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>

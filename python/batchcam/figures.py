@@ -44,7 +44,7 @@ def example_grid(model, data, prototypes, backend, path, per_class=2, scale=3):
         _, maps = cam(x, y)
     model.train(was_training)
     maps = maps.detach().float()
-    up = upsample_maps(maps.float(), x.shape[2:]).cpu().numpy()
+    up = upsample_maps(maps, x.shape[2:]).cpu().numpy()
     recon = reconstruct(maps, x).detach().cpu().numpy()[:, 0]
     images, protos = x.cpu().numpy()[:, 0], prototypes[y].cpu().numpy()[:, 0]
     columns = ("input", "map", "reconstruction", "prototype")
