@@ -63,10 +63,15 @@ def _forward_partial_kernel(
     G,  # gradients, same shape and strides
     W,  # out: channel weights (B, C), ACC dtype
     S_PART,  # out: partial scores (B, SPLITS, P) of each channel split, ACC dtype
-    C, P, stride_b, stride_c, stride_p, channels_per_split,
+    EXT,  # out, if FINISH: (min, max) of the rectified scores (B, 2), ACC dtype
+    Y,  # out, if FINISH: map (B, P), dtype of the activations
+    C, P, stride_b, stride_c, stride_p, channels_per_split, eps,
+    RELU: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
-    ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr,
+    ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr, FINISH: tl.constexpr,
 ):
+    """Weights and partial scores of one (sample, channel split). FINISH (one split, so that
+    S_PART is the scores (B, P)): the extremes and the map too, with no second kernel."""
     b = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     c_start = split * channels_per_split
@@ -74,32 +79,46 @@ def _forward_partial_kernel(
     a_sample = A + b * stride_b
     g_sample = G + b * stride_b
     w_sample = W + b * C
+    s_part = S_PART + (b * tl.num_programs(1) + split) * P
 
-    # w[c] = 1/P sum_p G[c, p] for this split's channels. Tiles are summed elementwise and reduced
-    # once per row of tiles: the loop carries no cross-thread reduction. With one tile of
-    # positions the channel loop is the innermost one, so it can be software-pipelined.
-    for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES if ONE_P_TILE else 1):
-        if ONE_P_TILE:
-            w_tiles = _load_tile(g_sample, c0, 0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
-        else:
+    if ONE_P_TILE:
+        # A channel's positions fit one tile: w[c] = 1/P sum_p G[c, p] and s[p] += w[c] A[c, p]
+        # in one pass, the tiles of A and G loaded together. Tiles are summed elementwise and
+        # reduced once at the end: the loop carries no cross-thread reduction.
+        s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+        for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES):
+            g = _load_tile(g_sample, c0, 0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+            a = _load_tile(a_sample, c0, 0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+            cs = c0 + tl.arange(0, BLOCK_C)
+            w = tl.sum(g, axis=1) / P
+            tl.store(w_sample + cs, w, mask=cs < c_end)
+            s_tiles += w[:, None] * a
+        ps = tl.arange(0, BLOCK_P)
+        tl.store(s_part + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
+    else:
+        # w[c] = 1/P sum_p G[c, p] for this split's channels, reduced once per row of tiles
+        for c0 in range(c_start, c_end, BLOCK_C):
             w_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
             for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
                 w_tiles += _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p,
                                       BLOCK_C, BLOCK_P, ACC, WIDE)
-        cs = c0 + tl.arange(0, BLOCK_C)
-        tl.store(w_sample + cs, tl.sum(w_tiles, axis=1) / P, mask=cs < c_end)
-    tl.debug_barrier()  # the weights just stored are read back below by other threads
-
-    # s[p] = sum_c w[c] A[c, p] over this split's channels, reduced once per column of tiles
-    for p0 in range(0, P, BLOCK_P):
-        s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
-        for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES):
             cs = c0 + tl.arange(0, BLOCK_C)
-            w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
-            a = _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
-            s_tiles += w[:, None] * a
-        ps = p0 + tl.arange(0, BLOCK_P)
-        tl.store(S_PART + (b * tl.num_programs(1) + split) * P + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
+            tl.store(w_sample + cs, tl.sum(w_tiles, axis=1) / P, mask=cs < c_end)
+        tl.debug_barrier()  # the weights just stored are read back below by other threads
+
+        # s[p] = sum_c w[c] A[c, p] over this split's channels, reduced once per column of tiles
+        for p0 in range(0, P, BLOCK_P):
+            s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+            for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES):
+                cs = c0 + tl.arange(0, BLOCK_C)
+                w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
+                a = _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+                s_tiles += w[:, None] * a
+            ps = p0 + tl.arange(0, BLOCK_P)
+            tl.store(s_part + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
+    if FINISH:
+        tl.debug_barrier()  # the scores just stored are read back by other threads
+        _finish_sample(S_PART, EXT, Y, b, P, eps, RELU, NORMALIZE, BLOCK_P, ACC)
 
 
 @triton.jit
@@ -121,27 +140,17 @@ def _normaliser(lo, hi, eps, NORMALIZE: tl.constexpr):
 
 
 @triton.jit
-def _forward_finish_kernel(
-    S_PART,  # partial scores (B, SPLITS, P)
-    S,  # out: scores (B, P), ACC dtype
-    EXT,  # out: (min, max) of the rectified scores (B, 2), ACC dtype
-    Y,  # out: map (B, P), dtype of the activations
-    SPLITS, P, eps,
-    RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
-):
-    b = tl.program_id(0).to(tl.int64)
+def _finish_sample(S, EXT, Y, b, P, eps, RELU: tl.constexpr, NORMALIZE: tl.constexpr,
+                   BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """From sample b's scores in S (B, P): the extremes of r = relu(s) (NaN if any r is NaN)
+    into EXT and the map into Y."""
     lo = tl.full([BLOCK_P], float("inf"), ACC)
     hi = tl.full([BLOCK_P], float("-inf"), ACC)
     nan = tl.zeros([BLOCK_P], dtype=tl.int32)
-    # s = sum of the split partials, in split order; running extremes of r = relu(s)
     for p0 in range(0, P, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
         mask = ps < P
-        s = tl.zeros([BLOCK_P], dtype=ACC)
-        for split in range(0, SPLITS):
-            s += tl.load(S_PART + (b * SPLITS + split) * P + ps, mask=mask, other=0)
-        tl.store(S + b * P + ps, s, mask=mask)
-        r = _rectify(s, RELU)
+        r = _rectify(tl.load(S + b * P + ps, mask=mask, other=0), RELU)
         lo = tl.minimum(lo, tl.where(mask, r, float("inf")))
         hi = tl.maximum(hi, tl.where(mask, r, float("-inf")))
         nan += (mask & (r != r)).to(tl.int32)
@@ -159,20 +168,34 @@ def _forward_finish_kernel(
 
 
 @triton.jit
-def _score_grad_kernel(
-    GY,  # gradient of the map (B, P)
-    S,  # scores saved by the forward (B, P)
-    EXT,  # extremes saved by the forward (B, 2)
-    GS,  # out: gradient of the scores (B, P), ACC dtype
-    P, eps,
+def _forward_finish_kernel(
+    S_PART,  # partial scores (B, SPLITS, P)
+    S,  # out: scores (B, P), ACC dtype
+    EXT,  # out: (min, max) of the rectified scores (B, 2), ACC dtype
+    Y,  # out: map (B, P), dtype of the activations
+    SPLITS, P, eps,
     RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
+    # s = sum of the split partials, in split order
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        mask = ps < P
+        s = tl.zeros([BLOCK_P], dtype=ACC)
+        for split in range(0, SPLITS):
+            s += tl.load(S_PART + (b * SPLITS + split) * P + ps, mask=mask, other=0)
+        tl.store(S + b * P + ps, s, mask=mask)
+    tl.debug_barrier()  # the scores just stored are read back by other threads
+    _finish_sample(S, EXT, Y, b, P, eps, RELU, NORMALIZE, BLOCK_P, ACC)
+
+
+@triton.jit
+def _score_grad_terms(GY, S, EXT, b, P, eps, RELU: tl.constexpr, NORMALIZE: tl.constexpr,
+                      BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """(lo, hi, d, g_lo, g_hi) of sample b, such that gr = (gy + [r = lo] g_lo + [r = hi] g_hi) / d."""
     lo = tl.load(EXT + 2 * b)
     hi = tl.load(EXT + 2 * b + 1)
     shift, d = _normaliser(lo, hi, eps, NORMALIZE)
-    # gr = (gy + [r = lo] g_lo + [r = hi] g_hi) / d: one division, after the sum, so that terms
-    # that cancel (P = 1: r = lo = hi) cancel exactly whatever the division's rounding
     g_lo = 0.0 * lo
     g_hi = 0.0 * lo
     if NORMALIZE != 2:
@@ -194,44 +217,77 @@ def _score_grad_kernel(
         g_hi = -total_gy_y / tl.maximum(tl.sum(n_hi, axis=0), 1)
         if NORMALIZE == 0:
             g_lo = (total_gy_y - tl.sum(sum_gy, axis=0)) / tl.maximum(tl.sum(n_lo, axis=0), 1)
+    return lo, hi, d, g_lo, g_hi
+
+
+@triton.jit
+def _score_grad(GY, S, b, P, ps, mask, lo, hi, d, g_lo, g_hi, RELU: tl.constexpr, ACC: tl.constexpr):
+    """gs of sample b at positions ps (zero outside mask). One division, after the sum, so that
+    terms that cancel (P = 1: r = lo = hi) cancel exactly whatever the division's rounding."""
+    s = tl.load(S + b * P + ps, mask=mask, other=0)
+    r = _rectify(s, RELU)
+    gr = tl.load(GY + b * P + ps, mask=mask, other=0).to(ACC)
+    gr = (gr + tl.where(r == lo, g_lo, 0.0) + tl.where(r == hi, g_hi, 0.0)) / d
+    if RELU:
+        gr = tl.where(s > 0, gr, 0.0)
+    return gr
+
+
+@triton.jit
+def _score_grad_kernel(
+    GY,  # gradient of the map (B, P)
+    S,  # scores saved by the forward (B, P)
+    EXT,  # extremes saved by the forward (B, 2)
+    GS,  # out: gradient of the scores (B, P), ACC dtype
+    P, eps,
+    RELU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    lo, hi, d, g_lo, g_hi = _score_grad_terms(GY, S, EXT, b, P, eps, RELU, NORMALIZE, BLOCK_P, ACC)
     for p0 in range(0, P, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
         mask = ps < P
-        s = tl.load(S + b * P + ps, mask=mask, other=0)
-        r = _rectify(s, RELU)
-        gr = tl.load(GY + b * P + ps, mask=mask, other=0).to(ACC)
-        gr = (gr + tl.where(r == lo, g_lo, 0.0) + tl.where(r == hi, g_hi, 0.0)) / d
-        if RELU:
-            gr = tl.where(s > 0, gr, 0.0)
-        tl.store(GS + b * P + ps, gr, mask=mask)
+        tl.store(GS + b * P + ps, _score_grad(GY, S, b, P, ps, mask, lo, hi, d, g_lo, g_hi, RELU, ACC),
+                 mask=mask)
 
 
 @triton.jit
 def _backward_kernel(
     A,  # activations (B, C, P) at (stride_b, stride_c, stride_p)
     W,  # channel weights (B, C)
-    GS,  # gradient of the scores (B, P)
+    GY,  # gradient of the map (B, P), read if ONE_P_TILE
+    S,  # scores saved by the forward (B, P), read if ONE_P_TILE
+    EXT,  # extremes saved by the forward (B, 2), read if ONE_P_TILE
+    GS,  # gradient of the scores (B, P) from _score_grad_kernel, read unless ONE_P_TILE
     GA,  # out: gradient of the activations, same strides as A (if WRITE_GA)
     GW,  # out: gradient of the gradients per channel (B, C), dtype of A (if WRITE_GW)
-    C, P, stride_b, stride_c, stride_p, channels_per_split,
-    WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr,
+    C, P, stride_b, stride_c, stride_p, channels_per_split, eps,
+    RELU: tl.constexpr, NORMALIZE: tl.constexpr, WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
     ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     c_start = tl.program_id(1) * channels_per_split
     c_end = tl.minimum(c_start + channels_per_split, C)
+    if ONE_P_TILE:
+        # The sample's positions fit one tile: its gs is computed here, once per program, from
+        # the saved scores (a few hundred bytes) rather than by a kernel of its own.
+        ps = tl.arange(0, BLOCK_P)
+        lo, hi, d, g_lo, g_hi = _score_grad_terms(GY, S, EXT, b, P, eps, RELU, NORMALIZE, BLOCK_P, ACC)
+        gs_sample = _score_grad(GY, S, b, P, ps, ps < P, lo, hi, d, g_lo, g_hi, RELU, ACC)
     # gA[c, p] = w[c] gs[p];  gw[c] = 1/P sum_p A[c, p] gs[p] (reduced once per row of tiles)
     for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES if ONE_P_TILE else 1):
         cs = c0 + tl.arange(0, BLOCK_C)
         w = tl.load(W + b * C + cs, mask=cs < c_end, other=0)
         if ONE_P_TILE:
-            gw_tiles = _backward_tile(A, GS, GA, w, b, c0, 0, c_end, P, stride_b, stride_c, stride_p,
+            gw_tiles = _backward_tile(A, gs_sample, GA, w, b, c0, 0, c_end, P, stride_b, stride_c, stride_p,
                                       WRITE_GA, WRITE_GW, BLOCK_C, BLOCK_P, ACC, WIDE)
         else:
             gw_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
             for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
-                gw_tiles += _backward_tile(A, GS, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
+                ps = p0 + tl.arange(0, BLOCK_P)
+                gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
+                gw_tiles += _backward_tile(A, gs, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
                                            WRITE_GA, WRITE_GW, BLOCK_C, BLOCK_P, ACC, WIDE)
         if WRITE_GW:
             gw = tl.sum(gw_tiles, axis=1) / P
@@ -239,12 +295,11 @@ def _backward_kernel(
 
 
 @triton.jit
-def _backward_tile(A, GS, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
+def _backward_tile(A, gs, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
                    WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr):
     """Stores the tile's gA = w gs (if WRITE_GA); returns its A * gs (zeros unless WRITE_GW)."""
     cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
-    gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
     if WRITE_GA:
         tl.store(GA + b * stride_b + offsets, (w[:, None] * gs[None, :]).to(GA.dtype.element_ty), mask=mask)
     if WRITE_GW:
@@ -341,17 +396,17 @@ def cam_forward(activations, gradients, relu, normalize, eps):
     if a.numel() == 0:
         return y, w.zero_(), s, ext.zero_()
     block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
-    s_part = torch.empty((B, splits, P), dtype=acc, device=a.device)
+    finish = splits == 1  # one program holds the whole sample's scores: it finishes the map itself
+    s_part = s if finish else torch.empty((B, splits, P), dtype=acc, device=a.device)
+    options = dict(RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], ACC=_tl_acc(a.dtype))
     _forward_partial_kernel[(B, splits)](
-        a, g, w, s_part, C, P, stride_b, stride_c, stride_p, per_split,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM,
-        ONE_P_TILE=P <= block_p, STAGES=LOOP_STAGES[channels_last], num_warps=warps,
+        a, g, w, s_part, ext, y, C, P, stride_b, stride_c, stride_p, per_split, eps,
+        BLOCK_C=block_c, BLOCK_P=block_p, WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=P <= block_p,
+        STAGES=LOOP_STAGES[channels_last], FINISH=finish, num_warps=warps, **options,
     )
-    _forward_finish_kernel[(B,)](
-        s_part, s, ext, y, splits, P, eps,
-        RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], BLOCK_P=_finish_block(P),
-        ACC=_tl_acc(a.dtype), num_warps=4,
-    )
+    if not finish:
+        _forward_finish_kernel[(B,)](s_part, s, ext, y, splits, P, eps, BLOCK_P=_finish_block(P), num_warps=4,
+                                     **options)
     return y, w, s, ext
 
 
@@ -364,19 +419,21 @@ def cam_backward(grad_map, activations, weights, scores, extremes, relu, normali
     gw = torch.empty((B, C), dtype=a.dtype, device=a.device) if output_mask[1] else None
     if a.numel() == 0 or not any(output_mask):
         return ga, gw
-    acc = _acc_dtype(a.dtype)
-    gs = torch.empty((B, P), dtype=acc, device=a.device)
-    _score_grad_kernel[(B,)](
-        grad_map.contiguous(), scores.contiguous(), extremes.contiguous(), gs, P, eps,
-        RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], BLOCK_P=_finish_block(P),
-        ACC=_tl_acc(a.dtype), num_warps=4,
-    )
     block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
+    one_p_tile = P <= block_p
+    grad_map, scores, extremes = grad_map.contiguous(), scores.contiguous(), extremes.contiguous()
+    options = dict(RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], ACC=_tl_acc(a.dtype))
+    gs = scores  # not read: with one tile of positions the backward kernel computes gs itself
+    if not one_p_tile:
+        gs = torch.empty_like(scores)
+        _score_grad_kernel[(B,)](grad_map, scores, extremes, gs, P, eps, BLOCK_P=_finish_block(P), num_warps=4,
+                                 **options)
     _backward_kernel[(B, splits)](
-        a, weights.contiguous(), gs, ga if ga is not None else a, gw if gw is not None else weights,
-        C, P, stride_b, stride_c, stride_p, per_split,
-        WRITE_GA=ga is not None, WRITE_GW=gw is not None,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=_tl_acc(a.dtype), WIDE=C * P >= WIDE_OFFSETS_FROM,
-        ONE_P_TILE=P <= block_p, STAGES=LOOP_STAGES[channels_last], num_warps=warps,
+        a, weights.contiguous(), grad_map, scores, extremes, gs,
+        ga if ga is not None else a, gw if gw is not None else weights,
+        C, P, stride_b, stride_c, stride_p, per_split, eps,
+        WRITE_GA=ga is not None, WRITE_GW=gw is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+        WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=one_p_tile, STAGES=LOOP_STAGES[channels_last],
+        num_warps=warps, **options,
     )
     return ga, gw

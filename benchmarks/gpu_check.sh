@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One run on a lent GPU (the device tool): build with CUDA, GPU tests, explain benchmark, op
-# benchmark, Triton launch sweep, in that order of priority. Each stage has its own time limit and
+# One run on a lent GPU (the device tool): build with CUDA, GPU tests, Triton A/B against a base
+# version (when one is given), op benchmark, explain benchmark, Triton launch sweep, in that order
+# of priority. Each stage has its own time limit and
 # a failing stage does not stop the next; result files go to benchmarks/results/ and to $OUT.
 # About 4-5 minutes on an H100.
 #
@@ -9,11 +10,14 @@
 #
 # The explain benchmark's anchors (grad-cam, ttach, captum, torchcam) are not on the device:
 # `bash benchmarks/anchor_wheels.sh` here, then carry .whl/; without them it times batchcam alone.
+# The A/B step needs the base version's fused_cam.py as a file (no git there), e.g.
+#   mkdir -p .ab && git show HEAD~1:batchcam_kernels/fused_cam.py > .ab/fused_cam.py   (carry .ab)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/batchcam-gpu}"
 PY="${PYTHON:-python3}"
-STEPS="${STEPS:-build tests bench_explain bench_op tune}"
+STEPS="${STEPS:-build tests ab_triton bench_op bench_explain tune}"
+TRITON_BASE="${TRITON_BASE:-.ab/fused_cam.py}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS="$(nproc)" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 status=0 last_rc=0
@@ -53,7 +57,8 @@ parallel=()
 run tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
   -rfE > "$OUT/pytest-gpu.txt" 2>&1
 tail -40 "$OUT/pytest-gpu.txt" 2>/dev/null
-run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
+[ -f "$TRITON_BASE" ] && run ab_triton 90 "$PY" benchmarks/ab_triton.py --base "$TRITON_BASE" --out "$OUT"
 run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
+run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
 run tune 90 "$PY" benchmarks/tune_triton.py --out "$OUT"
 exit $status

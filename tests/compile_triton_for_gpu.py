@@ -36,14 +36,17 @@ def main(capability):
         data, accum = "*" + dtype, "*" + acc_name
         for (block_c, block_p, one_tile), (wide, stages) in itertools.product(TILES, VARIANTS):
             tile = {"BLOCK_C": block_c, "BLOCK_P": block_p, "ACC": acc, "WIDE": wide,
-                    "ONE_P_TILE": one_tile, "STAGES": stages}
-            compile_kernel(kernels._forward_partial_kernel,
-                           {"A": data, "G": data, "W": accum, "S_PART": accum, **SAMPLE}, tile, target, 8)
+                    "ONE_P_TILE": one_tile, "STAGES": stages, "RELU": True, "NORMALIZE": kernels.MINMAX}
+            for finish in (False, True):
+                compile_kernel(kernels._forward_partial_kernel,
+                               {"A": data, "G": data, "W": accum, "S_PART": accum, "EXT": accum, "Y": data,
+                                **SAMPLE, "eps": "fp32"}, {**tile, "FINISH": finish}, target, 8)
             for write_ga, write_gw in ((True, True), (True, False), (False, True)):
                 compile_kernel(kernels._backward_kernel,
-                               {"A": data, "W": accum, "GS": accum, "GA": data, "GW": data, **SAMPLE},
+                               {"A": data, "W": accum, "GY": data, "S": accum, "EXT": accum, "GS": accum,
+                                "GA": data, "GW": data, **SAMPLE, "eps": "fp32"},
                                {"WRITE_GA": write_ga, "WRITE_GW": write_gw, **tile}, target, 8)
-            count += 4
+            count += 5
         for relu, normalize in itertools.product((True, False), kernels.NORMALIZE_CODES.values()):
             options = {"RELU": relu, "NORMALIZE": normalize, "BLOCK_P": 1024, "ACC": acc}
             compile_kernel(kernels._forward_finish_kernel,

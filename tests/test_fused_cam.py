@@ -311,7 +311,7 @@ def test_triton_pipelined_loops(stages, shape, channels_last, dtype, monkeypatch
     """The Triton kernels with software-pipelined tile loops (LOOP_STAGES > 1)."""
     from batchcam_kernels import fused_cam as triton_kernels
 
-    monkeypatch.setattr(triton_kernels, "LOOP_STAGES", stages)
+    monkeypatch.setattr(triton_kernels, "LOOP_STAGES", {False: stages, True: stages})
     a, g = make_inputs(shape, dtype, "cuda", channels_last, requires_grad=True)
     check_against_reference(op_for("cuda", "triton"), a, g)
 
