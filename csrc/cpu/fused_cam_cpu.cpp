@@ -419,6 +419,11 @@ template <typename Fn>
 struct PerSample {
   Fn fn;
 };
+// C++17 deduces an aggregate's template arguments only through guides (torch 2.11 builds as C++17).
+template <typename Fn>
+PerBlock(Fn) -> PerBlock<Fn>;
+template <typename Fn>
+PerSample(Fn) -> PerSample<Fn>;
 
 template <typename Fn>
 void run_task(const PerBlock<Fn>& stage, int64_t b, int64_t k, int64_t rows, int64_t blocks) {
