@@ -1,0 +1,110 @@
+"""Host time per call of the op's GPU paths: where the Triton path's launch overhead goes.
+
+bench_op.py's "as launched" columns show the Triton kernels' forward+backward through autograd
+costing the host several times the C++/CUDA kernels' at small shapes. This times, per call and
+without waiting for the GPU, each layer of that path for both kernels: the kernel entry points
+called directly, the op without autograd, and forward+backward through autograd (with the
+backward on autograd's device thread, as by default, and on the calling thread); then profiles
+(cProfile) the Python side of the Triton calls.
+
+    python benchmarks/profile_gpu_host.py [--shape 1024,64,7,7] [--out DIR]
+"""
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import batchcam  # noqa: E402
+from batchcam_kernels import fused_cam as triton_kernels  # noqa: E402
+
+OPTIONS = (True, "minmax", 1e-7)
+
+
+def host_seconds(fn, calls):
+    """Seconds of host time per call: `calls` calls issued back to back, the GPU not waited for."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    seconds = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    return seconds
+
+
+def autograd_call(kernel, a, g, gy):
+    a, g = a.detach().requires_grad_(), g.detach().requires_grad_()
+    return lambda: torch.autograd.grad(batchcam.fused_cam(a, g, backend=kernel), (a, g), gy)
+
+
+def candidates(a, g, gy):
+    _, w, s, ext = triton_kernels.cam_forward(a, g, *OPTIONS)
+    ops = torch.ops.batchcam
+    runs = {
+        "triton cam_forward, direct": lambda: triton_kernels.cam_forward(a, g, *OPTIONS),
+        "triton cam_backward, direct": lambda: triton_kernels.cam_backward(gy, a, w, s, ext, *OPTIONS, (True, True)),
+        "cuda cam_forward, direct": lambda: ops.cuda_cam_forward(a, g, *OPTIONS),
+        "cuda cam_backward, direct": lambda: ops.cuda_cam_backward(gy, a, w, s, ext, *OPTIONS, [True, True]),
+    }
+    for kernel in ("triton", "cuda"):
+        def forward(kernel=kernel):
+            with torch.no_grad():
+                return batchcam.fused_cam(a, g, backend=kernel)
+        runs[f"{kernel} op forward, no grad"] = forward
+        runs[f"{kernel} fwd+bwd through autograd"] = autograd_call(kernel, a, g, gy)
+    runs["eager reference fwd+bwd through autograd"] = autograd_call("reference", a, g, gy)
+    return runs
+
+
+def profile(fn, calls, sort, lines):
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(lines)
+    return text.getvalue()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="1024,64,7,7")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--out", default=os.environ.get("OUT"))
+    args = parser.parse_args()
+    shape = tuple(int(n) for n in args.shape.split(","))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    a, g = (torch.randn(shape, device="cuda", generator=gen) for _ in range(2))
+    gy = torch.randn(shape[0], *shape[2:], device="cuda", generator=gen)
+    lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, shape {shape}, fp32",
+             "host us per call (GPU not waited for):"]
+    runs = candidates(a, g, gy)
+    for name, fn in runs.items():
+        lines.append(f"  {name:45s} {host_seconds(fn, args.calls) * 1e6:8.1f}")
+    torch.autograd.set_multithreading_enabled(False)  # the backward on this thread
+    for kernel in ("triton", "cuda"):
+        fn = autograd_call(kernel, a, g, gy)
+        lines.append(f"  {kernel + ' fwd+bwd, backward on this thread':45s} {host_seconds(fn, args.calls) * 1e6:8.1f}")
+    report = "\n".join(lines)
+    report += "\n\ncProfile, triton cam_backward direct, by own time:\n"
+    report += profile(runs["triton cam_backward, direct"], args.calls, "tottime", 15)
+    report += "\ncProfile, triton fwd+bwd (backward on this thread), by cumulative time:\n"
+    report += profile(autograd_call("triton", a, g, gy), args.calls, "cumulative", 30)
+    torch.autograd.set_multithreading_enabled(True)
+    print(report)
+    if args.out:
+        with open(os.path.join(args.out, "profile_gpu_host.txt"), "w") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
