@@ -22,6 +22,7 @@ Layout. A sample is read through (stride_c, stride_p): (P, 1) for contiguous inp
 for channels-last ones, so both are read in place. Sample offsets are int64; offsets within a
 sample are int32 (fewer registers) unless one sample has 2^31 elements or more (WIDE).
 """
+import functools
 import math
 
 import torch
@@ -328,29 +329,45 @@ def launch_config(B, C, P, channels_last, device):
     Tiles run along the contiguous axis (positions for NCHW, channels for NHWC) and hold about
     TILE_ELEMENTS elements. The channel reduction is split across programs until about
     PROGRAMS_PER_SM programs per SM run (each split keeping at least a few tiles of channels); on
-    CPU (Triton's interpreter) one program per sample and split keeps the grid small.
+    CPU (Triton's interpreter) one program per sample and split keeps the grid small. Plain
+    integer arithmetic: this runs on every call, and triton.cdiv / next_power_of_2 cost
+    microseconds each on the host (benchmarks/profile_gpu_host.py).
     """
     tile = TILE_ELEMENTS[channels_last]
     if channels_last:
-        block_c = min(triton.next_power_of_2(C), 256)
+        block_c = min(_next_power_of_2(C), 256)
         block_p = max(tile // block_c, 1)
-        block_p = min(block_p, triton.next_power_of_2(P))
+        block_p = min(block_p, _next_power_of_2(P))
     else:
-        block_p = min(triton.next_power_of_2(P), 1024)
-        block_c = min(max(tile // block_p, 1), triton.next_power_of_2(C))
+        block_p = min(_next_power_of_2(P), 1024)
+        block_c = min(max(tile // block_p, 1), _next_power_of_2(C))
     if device.type == "cuda":
-        programs = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-        max_splits = max(triton.cdiv(C, 4 * block_c), 1)
-        splits = min(max(triton.cdiv(programs, B), 1), max_splits)
+        programs = PROGRAMS_PER_SM * _multiprocessors(device)
+        max_splits = max(_cdiv(C, 4 * block_c), 1)
+        splits = min(max(_cdiv(programs, B), 1), max_splits)
     else:
-        splits = min(2, triton.cdiv(C, block_c))
-    channels_per_split = triton.cdiv(triton.cdiv(C, splits), block_c) * block_c
-    splits = triton.cdiv(C, channels_per_split)
+        splits = min(2, _cdiv(C, block_c))
+    channels_per_split = _cdiv(_cdiv(C, splits), block_c) * block_c
+    splits = _cdiv(C, channels_per_split)
     return block_c, block_p, splits, channels_per_split, 8 if block_c * block_p >= 4096 else 4
 
 
+def _cdiv(n, d):
+    return -(-n // d)
+
+
+def _next_power_of_2(n):
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.cache
+def _multiprocessors(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _finish_block(P):
-    return min(triton.next_power_of_2(P), 4096)
+    return min(_next_power_of_2(P), 4096)
+
 
 
 # --- Entry points: plain functions over tensors -------------------------------------------------

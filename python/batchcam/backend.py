@@ -7,12 +7,26 @@ CPU tensors always run the C++ kernel under every backend except "reference".
 """
 import os
 
+import torch
+
+from . import _C  # noqa: F401  (registers the kernels: whether the C++/CUDA ones are there decides below)
+
 BACKENDS = ("fused", "triton", "cuda", "reference")
 GPU_KERNELS = ("triton", "cuda")
-# The GPU kernel of "fused". benchmarks/bench_op.py on an H100 (README, performance): Triton takes
-# less GPU time at 5 of 7 shapes (C++/CUDA at B = 8 and channels-last), and is there wherever
-# torch has CUDA; C++/CUDA takes about half the host time per call (better for launch-bound loops).
-DEFAULT_GPU_KERNEL = "triton"
+
+
+def cuda_kernels_built():
+    """Whether the extension was built with its C++/CUDA kernels (setup.py: torch with CUDA and nvcc)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("batchcam::cuda_cam_forward", "CUDA")
+
+
+# The GPU kernel of "fused": C++/CUDA where built, else Triton. benchmarks/bench_op.py on an H200
+# (results/bench_op-h200-2026-11-26.md): forward+backward through autograd, as launched from
+# Python, takes less time with C++/CUDA at every shape (1.1x to 3.4x less), its host cost per
+# call being half Triton's or less (results/profile_gpu_host-h200-*). Replayed from a CUDA graph
+# (the kernels alone, what counts when the GPU is the bottleneck), Triton takes less time at 13 of
+# 14 rows, 1.1x to 2.1x less: tens of microseconds against a convolutional network's milliseconds.
+DEFAULT_GPU_KERNEL = "cuda" if cuda_kernels_built() else "triton"
 
 _backend = None  # None: not chosen yet, BATCHCAM_BACKEND or "fused" on first use
 

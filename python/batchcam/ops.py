@@ -12,6 +12,7 @@ import math
 import torch
 
 from . import _C  # noqa: F401  (registers the schemas and the CPU kernels)
+from .backend import cuda_kernels_built as _cuda_kernels_built
 from .backend import get_backend
 from .backend import gpu_kernel as kernel_for_backend
 from .reference import NORMALIZE_MODES, accumulation_dtype
@@ -95,10 +96,6 @@ def _cam_backward_fake(grad_map, activations, weights, scores, extremes, relu, n
 
 
 # --- CUDA: one implementation per op that picks the Triton or the C++/CUDA kernel ---------------
-
-
-def _cuda_kernels_built():
-    return torch._C._dispatch_has_kernel_for_dispatch_key("batchcam::cuda_cam_forward", "CUDA")
 
 
 def _require_cuda_kernels():
