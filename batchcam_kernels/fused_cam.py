@@ -16,7 +16,9 @@ Bytes. The forward reads A and G once (2 B*C*P elements) and writes O(B*(C+P)); 
 reads A once and writes gA (2 B*C*P); gG, constant over p, is returned as its B x C values
 (`gw`) and broadcast by the caller. Splitting the channel reduction of s across programs (so
 that small batches still fill the GPU) writes per-split partial sums that a second kernel adds
-in a fixed order: no atomics, bitwise reproducible results.
+in a fixed order: no atomics, bitwise reproducible results. With one split per sample the
+forward kernel finishes the map itself; where a channel's positions fit one tile, the forward
+reads A and G in one pass and the backward computes gs itself (one kernel per pass).
 
 Layout. A sample is read through (stride_c, stride_p): (P, 1) for contiguous inputs and (1, C)
 for channels-last ones, so both are read in place. Sample offsets are int64; offsets within a
