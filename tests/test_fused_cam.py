@@ -317,6 +317,23 @@ def test_triton_pipelined_loops(stages, shape, channels_last, dtype, monkeypatch
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not batchcam.backend.cuda_kernels_built(), reason="extension built without CUDA kernels")
+@pytest.mark.usefixtures("poisoned_empty")
+def test_fused_runs_the_cuda_kernel_where_built(monkeypatch):
+    """Backend "fused" on CUDA tensors runs the C++/CUDA kernel when the extension has it: the
+    Triton entry points, replaced by ones that fail, are never called."""
+    import batchcam_kernels
+
+    def triton_called(*args, **kwargs):
+        raise AssertionError("backend 'fused' ran the Triton kernel")
+
+    monkeypatch.setattr(batchcam_kernels, "cam_forward", triton_called)
+    monkeypatch.setattr(batchcam_kernels, "cam_backward", triton_called)
+    a, g = make_inputs((5, 300, 7, 7), torch.float32, "cuda", requires_grad=True)
+    check_against_reference(functools.partial(batchcam.fused_cam, backend="fused"), a, g)
+
+
+@pytest.mark.gpu
 def test_one_sample_of_more_than_2_31_elements_triton():
     """One bf16 sample of 2.15e9 elements (the Triton kernels' int64 in-sample offsets), checked
     against a float64 composition computed in channel chunks (the whole float64 reference would
