@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_op import make  # noqa: E402
-from common import machine, write_result  # noqa: E402
+from common import machine, source_at, write_result  # noqa: E402
 from setup import load_cpu_kernels  # noqa: E402
 
 SOURCES = ["csrc/fused_cam.cpp", "csrc/fused_cam.h", "csrc/cpu/fused_cam_cpu.cpp"]
@@ -39,11 +39,7 @@ def build(label, commit, workdir):
     for path in SOURCES:
         target = os.path.join(workdir, label, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        if commit is None:
-            text = open(os.path.join(ROOT, path)).read()
-        else:
-            text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, check=True, capture_output=True,
-                                  text=True).stdout
+        text = open(os.path.join(ROOT, path)).read() if commit is None else source_at(commit, path)
         open(target, "w").write(text)
     return load_cpu_kernels(f"batchcam_ab_{label}", os.path.join(workdir, label), os.path.join(workdir, label))
 

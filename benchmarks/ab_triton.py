@@ -10,7 +10,6 @@ import argparse
 import importlib.util
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -21,7 +20,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from batchcam_kernels import fused_cam as current  # noqa: E402
 from bench_op import GPU_SHAPES, make  # noqa: E402
-from common import machine, measure_graph, write_result  # noqa: E402
+from common import machine, measure_graph, source_at, write_result  # noqa: E402
 
 OPTIONS = (True, "minmax", 1e-7)
 
@@ -30,11 +29,9 @@ def load_base(base):
     """The module of `base`: a path to a fused_cam.py, or a commit whose fused_cam.py is taken."""
     path = base
     if not os.path.isfile(base):
-        text = subprocess.run(["git", "show", f"{base}:batchcam_kernels/fused_cam.py"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout
         path = os.path.join(tempfile.mkdtemp(), "fused_cam_base.py")  # Triton reads a kernel's source file
         with open(path, "w") as f:
-            f.write(text)
+            f.write(source_at(base, "batchcam_kernels/fused_cam.py"))
     spec = importlib.util.spec_from_file_location("fused_cam_base", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

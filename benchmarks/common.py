@@ -104,6 +104,12 @@ def copy_bandwidth(device, nbytes=1 << 28):
     return 2 * nbytes / seconds
 
 
+def source_at(commit, path):
+    """The text of the repository's file `path` at `commit` (git show), for A/B scripts."""
+    return subprocess.run(["git", "show", f"{commit}:{path}"], cwd=os.path.dirname(os.path.dirname(RESULTS)),
+                          check=True, capture_output=True, text=True).stdout
+
+
 def machine(device):
     """Card or CPU name, versions, date and commit for the result file."""
     device = torch.device(device)

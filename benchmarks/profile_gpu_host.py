@@ -11,6 +11,7 @@ backward on autograd's device thread, as by default, and on the calling thread);
 """
 import argparse
 import cProfile
+import functools
 import io
 import os
 import pstats
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
 from batchcam_kernels import fused_cam as triton_kernels  # noqa: E402
+from bench_op import forward_and_backward, make  # noqa: E402
 
 OPTIONS = (True, "minmax", 1e-7)
 
@@ -40,8 +42,7 @@ def host_seconds(fn, calls):
 
 
 def autograd_call(kernel, a, g, gy):
-    a, g = a.detach().requires_grad_(), g.detach().requires_grad_()
-    return lambda: torch.autograd.grad(batchcam.fused_cam(a, g, backend=kernel), (a, g), gy)
+    return forward_and_backward(functools.partial(batchcam.fused_cam, backend=kernel), a.detach(), g.detach(), gy)
 
 
 def candidates(a, g, gy):
@@ -82,9 +83,7 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.shape.split(","))
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    a, g = (torch.randn(shape, device="cuda", generator=gen) for _ in range(2))
-    gy = torch.randn(shape[0], *shape[2:], device="cuda", generator=gen)
+    a, g, gy = make((*shape, torch.float32, False), torch.device("cuda"))
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, shape {shape}, fp32",
              "host us per call (GPU not waited for):"]
     runs = candidates(a, g, gy)
