@@ -72,6 +72,18 @@ def measure_graph(fn, reps=50):
     return statistics.median(start.elapsed_time(end) for start, end in events) / 1e3
 
 
+def host_and_wall(fn, calls=10):
+    """(host, wall) seconds per call of fn on CUDA: the host's time with the calls issued back to
+    back (the GPU not waited for), and the wall time once the GPU has drained them."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    return host, (time.perf_counter() - start) / calls
+
+
 @functools.cache
 def _l2_flush_buffer():
     """256 MB to overwrite before a timed run: more than any GPU's L2 cache."""

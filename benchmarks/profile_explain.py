@@ -3,7 +3,6 @@ backend), host time per call, the calls that synchronise with the device, and pr
 
     python benchmarks/profile_explain.py > profile.txt      # needs CUDA and torchvision
 """
-import time
 import warnings
 
 import torch
@@ -13,16 +12,7 @@ from triton.testing import do_bench
 import batchcam
 from batchcam.models import build_model
 
-
-def host_and_wall_ms(fn, calls=10):
-    """Host time per call with the calls queued back to back, and wall time once they drain."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - start) / calls
-    torch.cuda.synchronize()
-    return host * 1e3, (time.perf_counter() - start) / calls * 1e3
+from common import host_and_wall  # benchmarks/, this script's folder
 
 
 def synchronising_calls(fn):
@@ -51,7 +41,7 @@ def profile(name, model, layer, x):
         times = {k: round(do_bench(fn, rep=300, return_mode="median"), 3) for k, fn in fns.items()}
         print(f"{name} device ms (do_bench, run {rep}): {times}", flush=True)
     for k, fn in fns.items():
-        host, wall = host_and_wall_ms(fn)
+        host, wall = (seconds * 1e3 for seconds in host_and_wall(fn))
         print(f"{name} {k}: host {host:.2f} ms/call, wall {wall:.2f} ms/call", flush=True)
     print(f"{name} synchronising calls in one explain: {synchronising_calls(fns['triton'])}", flush=True)
     for k in ("triton", "reference"):

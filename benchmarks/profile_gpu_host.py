@@ -16,7 +16,6 @@ import io
 import os
 import pstats
 import sys
-import time
 
 import torch
 
@@ -24,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
 from batchcam_kernels import fused_cam as triton_kernels  # noqa: E402
 from bench_op import forward_and_backward, make  # noqa: E402
+from common import host_and_wall  # noqa: E402
 
 OPTIONS = (True, "minmax", 1e-7)
 
@@ -32,13 +32,7 @@ def host_seconds(fn, calls):
     """Seconds of host time per call: `calls` calls issued back to back, the GPU not waited for."""
     for _ in range(5):
         fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    seconds = (time.perf_counter() - start) / calls
-    torch.cuda.synchronize()
-    return seconds
+    return host_and_wall(fn, calls)[0]
 
 
 def autograd_call(kernel, a, g, gy):
