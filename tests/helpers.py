@@ -92,7 +92,16 @@ def cpu_kernels_replaced(cam_forward, cam_backward):
 
 def triton_kernels_on_cpu():
     """The op on CPU tensors with the Triton kernels (in Triton's interpreter, which conftest.py
-    turns on without a GPU), on a machine without a GPU."""
-    import batchcam.ops
+    turns on without a GPU), on a machine without a GPU, whichever GPU kernel a call names (the
+    default one is C++/CUDA where the extension was built with it, which cannot run on CPU)."""
+    import batchcam_kernels
 
-    return cpu_kernels_replaced(batchcam.ops._cam_forward_cuda, batchcam.ops._cam_backward_cuda)
+    def cam_forward(activations, gradients, relu, normalize, eps, gpu_kernel):
+        return batchcam_kernels.cam_forward(activations, gradients, relu, normalize, eps)
+
+    def cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, gpu_kernel,
+                     output_mask):
+        return batchcam_kernels.cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize,
+                                             eps, output_mask)
+
+    return cpu_kernels_replaced(cam_forward, cam_backward)
