@@ -285,6 +285,16 @@ def test_triton_wide_offsets(device, channels_last, monkeypatch):
         check_against_reference(op_for(device, "triton"), a, g)
 
 
+@pytest.mark.usefixtures("poisoned_empty")
+def test_triton_on_cpu_whatever_the_default_gpu_kernel(monkeypatch):
+    """The Triton-on-CPU cases run Triton even where backend "fused" means C++/CUDA (an extension
+    built with CUDA kernels): the public op, whose backend is the default one, still runs."""
+    monkeypatch.setattr(batchcam.backend, "DEFAULT_GPU_KERNEL", "cuda")
+    a, g = make_inputs((3, 37, 5, 7), torch.float32, "cpu", requires_grad=True)
+    with triton_kernels_on_cpu():
+        check_against_reference(torch.ops.batchcam.fused_cam, a, g)
+
+
 # Samples wider than one tile of positions (the Triton kernels' nested tile loops) and one that
 # is a single tile (their channel loop innermost), in both layouts.
 TILE_SHAPES = [
