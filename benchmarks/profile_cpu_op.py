@@ -1,14 +1,17 @@
 """Where a fused forward+backward spends its time on CPU, beyond its two kernels.
 
-For each shape, rounds of: an eager forward+backward of the reference (as in bench_op.py, where
-the candidates run round-robin), then the fused op through autograd (`fused_cam`, then
-`autograd.grad`), then an eager call again, then the same two kernels called directly
-(`cam_forward`, `cam_backward`). Medians of each part, and the page faults per forward+backward
-of each way and of eager.
-The difference between the two ways is what autograd, the Python around it and the allocation
-of the gradients add to the kernels; a control made of plain aten ops of similar size
-(`(A * G).sum(1)` and its gradient `gy * G`, through autograd and called directly) shows what the
-same costs for ops that are not ours.
+For each shape, rounds in which every way below runs right after an eager forward+backward of
+the reference (as in bench_op.py, where the candidates run round-robin):
+- "autograd": the fused op as users call it (`fused_cam`, then `torch.autograd.grad`);
+- "engine": the autograd-aware op and autograd's C++ engine without their Python wrappers
+  (`torch.ops.batchcam.cam_forward`, then `Variable._execution_engine.run_backward`, which
+  `torch.autograd.grad` calls): its backward's difference to autograd's is that Python;
+- "kernels": the same two kernels called directly (`cam_forward`, `cam_backward`);
+- a control made of plain aten ops of similar size (`(A * G).sum(1)` and its gradient `gy * G`),
+  through autograd and called directly: what autograd costs for ops that are not ours.
+Medians of each part and of the eager calls (so eager/kernels and eager/autograd are ratios of
+one run), and the page faults per forward+backward of each way and of eager. autograd - kernels
+is what autograd, the Python around it and the allocation of the gradients add to the kernels.
 
     python benchmarks/profile_cpu_op.py
 """
@@ -19,6 +22,7 @@ import sys
 import time
 
 import torch
+from torch.autograd import Variable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
@@ -26,7 +30,7 @@ from bench_op import make  # noqa: E402
 from common import machine, write_result  # noqa: E402
 
 SHAPES = [(256, 64, 7, 7), (64, 512, 7, 7), (64, 2048, 7, 7), (1, 2048, 14, 14), (16, 256, 56, 56)]
-ROUNDS, WARMUP = 30, 3
+ROUNDS, WARMUP = 100, 5
 
 
 def page_faults():
@@ -41,13 +45,22 @@ def profile_shape(shape):
     options = (True, "minmax", 1e-7, "triton")
 
     def eager():
+        start = time.perf_counter()
         torch.autograd.grad(batchcam.fused_cam_reference(a, g), (a, g), gy)
+        return time.perf_counter() - start
 
     def through_autograd():
         start = time.perf_counter()
         y = batchcam.fused_cam(a, g)
         middle = time.perf_counter()
         torch.autograd.grad(y, (a, g), gy)
+        return middle - start, time.perf_counter() - middle
+
+    def through_engine():
+        start = time.perf_counter()
+        y = torch.ops.batchcam.cam_forward(a, g, *options)[0]
+        middle = time.perf_counter()
+        Variable._execution_engine.run_backward((y,), (gy,), False, False, (a, g), False, False)
         return middle - start, time.perf_counter() - middle
 
     def kernels():
@@ -72,16 +85,17 @@ def profile_shape(shape):
         gy.unsqueeze(1) * gd
         return middle - start, time.perf_counter() - middle
 
-    ways = {"autograd": through_autograd, "kernels": kernels, "aten autograd": aten_through_autograd,
-            "aten direct": aten_direct}
-    parts = {f"{way} {p}": [] for way in ways for p in ("fwd", "bwd")}
+    ways = {"autograd": through_autograd, "engine": through_engine, "kernels": kernels,
+            "aten autograd": aten_through_autograd, "aten direct": aten_direct}
+    parts = {"eager": [], **{f"{way} {p}": [] for way in ways for p in ("fwd", "bwd")}}
     faults = {"eager": 0, **{way: 0 for way in ways}}
     for round_ in range(WARMUP + ROUNDS):
         for way, run in ways.items():
             before = page_faults()
-            eager()
+            seconds = eager()
             if round_ >= WARMUP:
                 faults["eager"] += (page_faults() - before) / len(ways)
+                parts["eager"].append(seconds)
             before = page_faults()
             forward, backward = run()
             if round_ >= WARMUP:
@@ -94,7 +108,8 @@ def profile_shape(shape):
 def main():
     info = machine("cpu")
     header = ["shape (B,C,H,W)", "kernels fwd us", "kernels bwd us", "autograd fwd us", "autograd bwd us",
-              "autograd/kernels", "autograd - kernels us", "aten control: autograd - direct us",
+              "engine bwd us", "eager fwd+bwd us", "eager/kernels", "eager/autograd", "autograd/kernels",
+              "autograd - kernels us", "aten control: autograd - direct us",
               "faults kernels", "faults autograd", "faults eager"]
     rows = []
     for shape in SHAPES:
@@ -102,15 +117,17 @@ def main():
         total = {way: t[f"{way} fwd"] + t[f"{way} bwd"]
                  for way in ("kernels", "autograd", "aten direct", "aten autograd")}
         rows.append([",".join(map(str, shape))] + [f"{t[k] * 1e6:.0f}" for k in
-                    ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd")]
-                    + [f"{total['autograd'] / total['kernels']:.2f}",
+                    ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd", "engine bwd", "eager")]
+                    + [f"{t['eager'] / total['kernels']:.2f}", f"{t['eager'] / total['autograd']:.2f}",
+                       f"{total['autograd'] / total['kernels']:.2f}",
                        f"{(total['autograd'] - total['kernels']) * 1e6:.0f}",
                        f"{(total['aten autograd'] - total['aten direct']) * 1e6:.0f}"]
                     + [f"{faults[k]:.0f}" for k in ("kernels", "autograd", "eager")])
         print(" | ".join(rows[-1]), flush=True)
     table, paths = write_result("profile_cpu_op", info, header, rows,
                                 {"method": "each call right after an eager forward+backward; medians of "
-                                 f"{ROUNDS} rounds; faults: minor page faults per forward+backward"})
+                                 f"{ROUNDS} rounds; faults: minor page faults per forward+backward",
+                                 "threads": torch.get_num_threads()})
     print("\n" + table + "\n\nwritten: " + ", ".join(paths))
 
 
