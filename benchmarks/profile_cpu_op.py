@@ -1,7 +1,8 @@
 """Where a fused forward+backward spends its time on CPU, beyond its two kernels.
 
 For each shape, rounds in which every way below runs right after an eager forward+backward of
-the reference (as in bench_op.py, where the candidates run round-robin):
+the reference (as in bench_op.py, where the candidates run round-robin), in an order that
+rotates from round to round:
 - "autograd": the fused op as users call it (`fused_cam`, then `torch.autograd.grad`);
 - "engine": the autograd-aware op and autograd's C++ engine without their Python wrappers
   (`torch.ops.batchcam.cam_forward`, then `Variable._execution_engine.run_backward`, which
@@ -89,8 +90,12 @@ def profile_shape(shape):
             "aten autograd": aten_through_autograd, "aten direct": aten_direct}
     parts = {"eager": [], **{f"{way} {p}": [] for way in ways for p in ("fwd", "bwd")}}
     faults = {"eager": 0, **{way: 0 for way in ways}}
+    order = list(ways.items())
     for round_ in range(WARMUP + ROUNDS):
-        for way, run in ways.items():
+        # The ways take turns in a rotating order: which memory a call gets from the allocator
+        # depends on what ran before it (at 64x2048x7x7 a fixed order cost the first way 4 ms).
+        shift = round_ % len(order)
+        for way, run in order[shift:] + order[:shift]:
             before = page_faults()
             seconds = eager()
             if round_ >= WARMUP:
