@@ -92,8 +92,8 @@ def profile_shape(shape):
     faults = {"eager": 0, **{way: 0 for way in ways}}
     order = list(ways.items())
     for round_ in range(WARMUP + ROUNDS):
-        # The ways take turns in a rotating order: which memory a call gets from the allocator
-        # depends on what ran before it (at 64x2048x7x7 a fixed order cost the first way 4 ms).
+        # The ways take turns in a rotating order, so that none always follows the same call:
+        # which memory a call gets from the allocator depends on what ran before it.
         shift = round_ % len(order)
         for way, run in order[shift:] + order[:shift]:
             before = page_faults()
