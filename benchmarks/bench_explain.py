@@ -2,6 +2,7 @@
 
 Same model, batch, device, target layer and target classes for every method:
 - batchcam (fused and reference backends): `batchcam.explain`, one forward and one backward;
+  also with `size="layer"`, maps left at the layer's size as TorchCAM returns them;
 - per-sample loop: one forward and one backward per image (the paper's "Algorithm 2");
 - pytorch-grad-cam `GradCAM` (maps finished in NumPy on the host);
 - Captum `LayerGradCam` (+ `LayerAttribution.interpolate`);
@@ -71,6 +72,8 @@ def methods(model, layer, x, targets):
     found = {
         "batchcam fused": lambda: batchcam.explain(model, layer, x, targets, backend="fused"),
         "batchcam reference": lambda: batchcam.explain(model, layer, x, targets, backend="reference"),
+        "batchcam fused, layer size": lambda: batchcam.explain(model, layer, x, targets, backend="fused",
+                                                               size="layer"),
         "per-sample loop": lambda: per_sample_loop(model, layer, x, targets),
     }
     try:
