@@ -202,11 +202,12 @@ def test_deterministic(device, backend, shape, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-@pytest.mark.parametrize("shape", [(1, 64, 15, 17), (3, 37, 23, 29), (40, 24, 9, 9)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 256, 15, 17), (3, 37, 23, 29), (40, 24, 9, 9)], ids=str)
 def test_cpu_results_do_not_depend_on_the_thread_count(shape, channels_last):
     """The CPU kernel splits samples into blocks by shape only and adds the blocks' partial sums in
     a fixed order: one thread and two give the same bits (shapes: one sample in many blocks, a few
-    samples in several, one block per sample)."""
+    samples in several, one block per sample; each large enough to be split between threads, over
+    the kernel's 16384 elements per task)."""
     a, g = make_inputs(shape, torch.float32, "cpu", channels_last, requires_grad=True)
     gy = torch.randn((shape[0], *shape[2:]), generator=torch.Generator().manual_seed(1))
     threads = torch.get_num_threads()

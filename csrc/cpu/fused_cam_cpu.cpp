@@ -47,11 +47,16 @@ constexpr int64_t kMinChannelsPerBlock = 16;
 constexpr int64_t kMinPositionsPerBlock = 32;
 constexpr int64_t kTargetTasks = 32;
 
-// Samples per task of the per-sample stages (O(P) or O(C) work each): small batches run inline,
-// since waking the thread pool costs more than the work.
-int64_t per_sample_grain(const CamShape& shape) {
+// Tasks per parallel chunk, for tasks of `elements` elements each: at least kMinElementsPerTask
+// per chunk, so that small inputs run inline, since waking the thread pool costs more than the work.
+int64_t task_grain(int64_t elements) {
   constexpr int64_t kMinElementsPerTask = 16384;
-  return std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>({shape.P, shape.C, 1}));
+  return std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(elements, 1));
+}
+
+// Samples per task of the per-sample stages (O(P) or O(C) work each).
+int64_t per_sample_grain(const CamShape& shape) {
+  return task_grain(std::max(shape.P, shape.C));
 }
 
 // A sample is split into blocks of contiguous rows (channels of NCHW, positions of channels-last):
@@ -439,7 +444,7 @@ void run_task(const PerSample<Fn>& stage, int64_t b, int64_t, int64_t, int64_t) 
 
 template <typename Fn>
 void run_stage(const CamShape& shape, int64_t rows, int64_t blocks, const PerBlock<Fn>& stage) {
-  at::parallel_for(0, shape.B * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, shape.B * blocks, task_grain(shape.C * shape.P / blocks), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) run_task(stage, task / blocks, task % blocks, rows, blocks);
   });
 }
@@ -458,7 +463,7 @@ template <typename... Stages>
 void run_stages(const CamShape& shape, int64_t blocks, const Stages&... stages) {
   const int64_t rows = shape.channels_last ? shape.P : shape.C;
   if (blocks == 1) {
-    at::parallel_for(0, shape.B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, shape.B, task_grain(shape.C * shape.P), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) (run_task(stages, b, 0, rows, 1), ...);
     });
     return;
