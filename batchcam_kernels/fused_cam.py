@@ -371,7 +371,6 @@ def _finish_block(P):
     return min(_next_power_of_2(P), 4096)
 
 
-
 # --- Entry points: plain functions over tensors -------------------------------------------------
 
 
