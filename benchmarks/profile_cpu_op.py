@@ -9,7 +9,11 @@ rotates from round to round:
   `torch.autograd.grad` calls): its backward's difference to autograd's is that Python;
 - "kernels": the same two kernels called directly (`cam_forward`, `cam_backward`);
 - a control made of plain aten ops of similar size (`(A * G).sum(1)` and its gradient `gy * G`),
-  through autograd and called directly: what autograd costs for ops that are not ours.
+  through autograd and called directly: what autograd costs for ops that are not ours;
+- "floor": the memory traffic no implementation can avoid, in aten ops at this machine's speed:
+  a forward that reads A and G (their sums), a backward that reads A and writes a fresh tensor of
+  its size (`A * 2`). eager/floor bounds eager/fused for any implementation of the op, with no
+  autograd, no Python and no arithmetic beyond those passes.
 Medians of each part and of the eager calls (so eager/kernels and eager/autograd are ratios of
 one run), and the page faults per forward+backward of each way and of eager. autograd - kernels
 is what autograd, the Python around it and the allocation of the gradients add to the kernels.
@@ -86,8 +90,15 @@ def profile_shape(shape):
         gy.unsqueeze(1) * gd
         return middle - start, time.perf_counter() - middle
 
+    def floor():
+        start = time.perf_counter()
+        ad.sum(), gd.sum()
+        middle = time.perf_counter()
+        ad * 2.0
+        return middle - start, time.perf_counter() - middle
+
     ways = {"autograd": through_autograd, "engine": through_engine, "kernels": kernels,
-            "aten autograd": aten_through_autograd, "aten direct": aten_direct}
+            "aten autograd": aten_through_autograd, "aten direct": aten_direct, "floor": floor}
     parts = {"eager": [], **{f"{way} {p}": [] for way in ways for p in ("fwd", "bwd")}}
     faults = {"eager": 0, **{way: 0 for way in ways}}
     order = list(ways.items())
@@ -113,17 +124,19 @@ def profile_shape(shape):
 def main():
     info = machine("cpu")
     header = ["shape (B,C,H,W)", "kernels fwd us", "kernels bwd us", "autograd fwd us", "autograd bwd us",
-              "engine bwd us", "eager fwd+bwd us", "eager/kernels", "eager/autograd", "autograd/kernels",
+              "engine bwd us", "floor fwd+bwd us", "eager fwd+bwd us", "eager/floor", "eager/kernels",
+              "eager/autograd", "autograd/kernels",
               "autograd - kernels us", "aten control: autograd - direct us",
               "faults kernels", "faults autograd", "faults eager"]
     rows = []
     for shape in SHAPES:
         t, faults = profile_shape(shape)
         total = {way: t[f"{way} fwd"] + t[f"{way} bwd"]
-                 for way in ("kernels", "autograd", "aten direct", "aten autograd")}
+                 for way in ("kernels", "autograd", "aten direct", "aten autograd", "floor")}
         rows.append([",".join(map(str, shape))] + [f"{t[k] * 1e6:.0f}" for k in
-                    ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd", "engine bwd", "eager")]
-                    + [f"{t['eager'] / total['kernels']:.2f}", f"{t['eager'] / total['autograd']:.2f}",
+                    ("kernels fwd", "kernels bwd", "autograd fwd", "autograd bwd", "engine bwd")]
+                    + [f"{total['floor'] * 1e6:.0f}", f"{t['eager'] * 1e6:.0f}", f"{t['eager'] / total['floor']:.2f}",
+                       f"{t['eager'] / total['kernels']:.2f}", f"{t['eager'] / total['autograd']:.2f}",
                        f"{total['autograd'] / total['kernels']:.2f}",
                        f"{(total['autograd'] - total['kernels']) * 1e6:.0f}",
                        f"{(total['aten autograd'] - total['aten direct']) * 1e6:.0f}"]
