@@ -12,8 +12,8 @@ rotates from round to round:
   through autograd and called directly: what autograd costs for ops that are not ours;
 - "floor": the memory traffic no implementation can avoid, in aten ops at this machine's speed:
   a forward that reads A and G (their sums), a backward that reads A and writes a fresh tensor of
-  its size (`A * 2`). eager/floor bounds eager/fused for any implementation of the op, with no
-  autograd, no Python and no arithmetic beyond those passes.
+  its size (`A * 2`). eager/floor is about the most eager/fused can be for any implementation of
+  the op: no autograd, no Python and no arithmetic beyond those passes, at aten's own speed.
 Medians of each part and of the eager calls (so eager/kernels and eager/autograd are ratios of
 one run), and the page faults per forward+backward of each way and of eager. autograd - kernels
 is what autograd, the Python around it and the allocation of the gradients add to the kernels.
