@@ -13,7 +13,6 @@ rounds of repeated calls, after a check that both builds agree.
 """
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_op import make  # noqa: E402
-from common import machine, source_at, write_result  # noqa: E402
+from common import git, machine, source_at, write_result  # noqa: E402
 from setup import load_cpu_kernels  # noqa: E402
 
 SOURCES = ["csrc/fused_cam.cpp", "csrc/fused_cam.h", "csrc/cpu/fused_cam_cpu.cpp"]
@@ -78,8 +77,7 @@ def main():
     dtype = getattr(torch, args.dtype)
     shapes = SHAPES if not args.shape else [
         (*map(int, s.split(",")[:4]), s.endswith(",nhwc")) for s in args.shape]
-    base_commit = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, check=True,
-                                 capture_output=True, text=True).stdout.strip()
+    base_commit = git("rev-parse", "--short", args.base).strip()
     with tempfile.TemporaryDirectory() as workdir:
         print("building both (about a minute each)", flush=True)
         builds = {"base": build("base", base_commit, workdir), "this": build("this", None, workdir)}

@@ -16,6 +16,7 @@ import time
 import torch
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REPO = os.path.dirname(os.path.dirname(RESULTS))
 TIMING_VARIABLES = ("MALLOC_", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "BATCHCAM_BACKEND")
 
 
@@ -116,10 +117,15 @@ def copy_bandwidth(device, nbytes=1 << 28):
     return 2 * nbytes / seconds
 
 
+def git(*args, check=True):
+    """The output of `git *args` in this repository ("" where it fails and check is False)."""
+    result = subprocess.run(["git", *args], cwd=REPO, check=check, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else ""
+
+
 def source_at(commit, path):
-    """The text of the repository's file `path` at `commit` (git show), for A/B scripts."""
-    return subprocess.run(["git", "show", f"{commit}:{path}"], cwd=os.path.dirname(os.path.dirname(RESULTS)),
-                          check=True, capture_output=True, text=True).stdout
+    """The text of the repository's file `path` at `commit`, for A/B scripts."""
+    return git("show", f"{commit}:{path}")
 
 
 def machine(device):
@@ -136,9 +142,8 @@ def machine(device):
     except ImportError:
         triton_version = None
     # BATCHCAM_COMMIT: for a copy of the tree whose git metadata is not its own (the device tool's)
-    commit = os.environ.get("BATCHCAM_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(RESULTS)
-    ).stdout.strip() or "unknown"
+    commit = (os.environ.get("BATCHCAM_COMMIT") or git("rev-parse", "--short", "HEAD", check=False).strip()
+              or "unknown")
     info = {
         "device": name,
         "torch": torch.__version__,
