@@ -5,6 +5,7 @@
 - "reference": the plain-PyTorch composition (`batchcam.reference`).
 CPU tensors always run the C++ kernel under every backend except "reference".
 """
+import functools
 import os
 
 import torch
@@ -15,6 +16,7 @@ BACKENDS = ("fused", "triton", "cuda", "reference")
 GPU_KERNELS = ("triton", "cuda")
 
 
+@functools.cache  # fixed once batchcam._C is loaded; asked on every call of the C++/CUDA path
 def cuda_kernels_built():
     """Whether the extension was built with its C++/CUDA kernels (setup.py: torch with CUDA and nvcc)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("batchcam::cuda_cam_forward", "CUDA")
