@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from batchcam import BatchCAM  # noqa: E402
 from batchcam.losses import class_prototypes  # noqa: E402
 from batchcam.models import build_model  # noqa: E402
-from batchcam.training import Processes, TrainConfig, make_step  # noqa: E402
+from batchcam.training import Processes, TrainConfig, TrainStep  # noqa: E402
 from common import machine, measure_interleaved, write_result  # noqa: E402
 
 
@@ -40,7 +40,7 @@ class StandInCAM(BatchCAM):
 
 def full_step(model, prototypes, procs, protocol, backend="fused", cam_class=BatchCAM):
     config = TrainConfig(protocol=protocol, backend=backend, distance="l2")
-    return make_step(config, model, model, prototypes, procs, cam_class=cam_class)
+    return TrainStep(config, model, model, prototypes, procs, cam_class=cam_class)
 
 
 def partial_step(model, create_graph):

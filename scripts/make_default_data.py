@@ -10,7 +10,7 @@ import os
 
 from batchcam.data import DEFAULT_DIR, FASHION_MNIST_DIR, _idx_pair, stratified_indices, write_idx
 
-PER_CLASS = {"train": 500, "test": 100}
+SIZES = {"train": 5000, "test": 1000}  # stratified: the same number of images of each class
 NOTICE = """Fashion-MNIST slice (500 training and 100 test images per class), made by
 scripts/make_default_data.py from the original files of https://github.com/zalandoresearch/fashion-mnist
 
@@ -36,9 +36,9 @@ CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
 
 def main():
     os.makedirs(DEFAULT_DIR, exist_ok=True)
-    for split, per_class in PER_CLASS.items():
+    for split, size in SIZES.items():
         images, labels = _idx_pair(FASHION_MNIST_DIR, split)
-        keep = stratified_indices(labels, per_class, seed=0)
+        keep = stratified_indices(labels, size, seed=0)
         prefix = "train" if split == "train" else "t10k"
         write_idx(os.path.join(DEFAULT_DIR, f"{prefix}-images-idx3-ubyte.gz"), images[keep])
         write_idx(os.path.join(DEFAULT_DIR, f"{prefix}-labels-idx1-ubyte.gz"), labels[keep])

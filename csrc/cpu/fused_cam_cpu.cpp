@@ -26,6 +26,7 @@
 #include <cmath>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -46,6 +47,9 @@ constexpr int64_t kRows = 4;
 constexpr int64_t kMinChannelsPerBlock = 16;
 constexpr int64_t kMinPositionsPerBlock = 32;
 constexpr int64_t kTargetTasks = 32;
+// Blocked summation (rows_dot, rows_sum): elements of a row, or rows, summed before the next span.
+constexpr int64_t kSpan = 4096;
+constexpr int64_t kSpanRows = 1024;
 
 // Tasks per parallel chunk, for tasks of `elements` elements each: at least kMinElementsPerTask
 // per chunk, so that small inputs run inline, since waking the thread pool costs more than the work.
@@ -201,7 +205,8 @@ void rows_dot_8(const scalar_t* x, int64_t stride, const float* y, int64_t n, fl
 #endif
 
 template <bool HasY, typename acc_t, typename scalar_t, typename out_t>
-void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, int64_t n, acc_t scale, out_t* out) {
+void rows_dot_short(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, int64_t n, acc_t scale,
+                    out_t* out) {
   int64_t r = 0;
 #ifdef BATCHCAM_DOT_IN_AVX2
   if constexpr (std::is_same_v<acc_t, float>) {  // float, Half and BFloat16 data
@@ -210,6 +215,21 @@ void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, i
 #endif
   for (; r + kRows <= rows; r += kRows) rows_dot_block<HasY, kRows>(x + r * stride, stride, y, n, scale, out + r);
   for (; r < rows; ++r) rows_dot_block<HasY, 1>(x + r * stride, stride, y, n, scale, out + r);
+}
+
+// out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for `rows` rows of n
+// elements. A row longer than kSpan is summed span by span and the spans' sums added up: blocked
+// summation, whose rounding error grows with sqrt(kSpan) + n / kSpan rather than with n, so that
+// float32 sums keep float32 accuracy over millions of positions.
+template <bool HasY, typename acc_t, typename scalar_t, typename out_t>
+void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, int64_t n, acc_t scale, out_t* out) {
+  if (n <= kSpan) return rows_dot_short<HasY>(x, stride, y, rows, n, scale, out);
+  std::vector<acc_t> span(rows), total(rows, acc_t(0));
+  for (int64_t i0 = 0; i0 < n; i0 += kSpan) {
+    rows_dot_short<HasY>(x + i0, stride, HasY ? y + i0 : y, rows, std::min(kSpan, n - i0), acc_t(1), span.data());
+    for (int64_t r = 0; r < rows; ++r) total[r] += span[r];
+  }
+  for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<out_t>(total[r] * scale);
 }
 
 // out[i] += sum_r w[r] * x[r * stride + i], for i < n.
@@ -241,6 +261,20 @@ void rows_axpy(const scalar_t* x, int64_t stride, const acc_t* w, int64_t rows, 
   for (; r < rows; ++r) rows_axpy_block<1>(x + r * stride, stride, w ? w + r : w, n, out);
 }
 
+// out[i] = sum_r w[r] * x[r * stride + i] (w = 1 when null), for i < n: rows_axpy into zeros, and
+// for more than kSpanRows rows blocked as rows_dot is (spans of rows summed apart, then added).
+template <typename acc_t, typename scalar_t>
+void rows_sum(const scalar_t* x, int64_t stride, const acc_t* w, int64_t rows, int64_t n, acc_t* out) {
+  std::fill(out, out + n, acc_t(0));
+  if (rows <= kSpanRows) return rows_axpy(x, stride, w, rows, n, out);
+  std::vector<acc_t> span(n);
+  for (int64_t r0 = 0; r0 < rows; r0 += kSpanRows) {
+    std::fill(span.begin(), span.end(), acc_t(0));
+    rows_axpy(x + r0 * stride, stride, w ? w + r0 : w, std::min(kSpanRows, rows - r0), n, span.data());
+    for (int64_t i = 0; i < n; ++i) out[i] += span[i];
+  }
+}
+
 // min/max/relu that propagate NaN, as torch.amin/amax/relu do.
 template <typename acc_t>
 acc_t nan_min(acc_t a, acc_t b) { return (a < b || std::isnan(a)) ? a : b; }
@@ -266,8 +300,7 @@ void forward_channels(int64_t P, const scalar_t* a, const scalar_t* g, int64_t c
 // Position block [p0, p1) of a channels-last sample: its partial sum of G's rows (C values).
 template <typename scalar_t, typename acc_t>
 void sum_positions(int64_t C, const scalar_t* g, int64_t p0, int64_t p1, acc_t* part) {
-  std::fill(part, part + C, acc_t(0));
-  rows_axpy(g + p0 * C, C, static_cast<const acc_t*>(nullptr), p1 - p0, C, part);
+  rows_sum(g + p0 * C, C, static_cast<const acc_t*>(nullptr), p1 - p0, C, part);
 }
 
 // out[i] = scale * sum_k parts[k * n + i]: the blocks' partial sums (of s over channel blocks, of
@@ -342,7 +375,8 @@ void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_
   if (norm != Normalize::None) {
     d = normaliser(norm, lo, hi, eps);
     const acc_t shift = norm == Normalize::MinMax ? lo : acc_t(0);
-    acc_t sum_gy = 0, sum_gy_y = 0;
+    // Sums over up to millions of positions: in double, so float32 keeps float32 rounding at any P.
+    double sum_gy = 0, sum_gy_y = 0;
     for (int64_t p = 0; p < P; ++p) {
       const acc_t r = rectify(s[p], relu), g = static_cast<acc_t>(gy[p]);
       sum_gy += g;
@@ -351,8 +385,8 @@ void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_
       n_hi += r == hi;
     }
     // d y_p / d hi = -y_p / d;  d y_p / d lo = (y_p - 1) / d  (minmax only)
-    g_hi = -sum_gy_y / d / std::max<int64_t>(n_hi, 1);
-    if (norm == Normalize::MinMax) g_lo = (sum_gy_y - sum_gy) / d / std::max<int64_t>(n_lo, 1);
+    g_hi = static_cast<acc_t>(-sum_gy_y / d / std::max<int64_t>(n_hi, 1));
+    if (norm == Normalize::MinMax) g_lo = static_cast<acc_t>((sum_gy_y - sum_gy) / d / std::max<int64_t>(n_lo, 1));
   }
   for (int64_t p = 0; p < P; ++p) {
     const acc_t r = rectify(s[p], relu);
@@ -395,8 +429,7 @@ void backward_positions(int64_t C, const scalar_t* a, const acc_t* w, const acc_
                         scalar_t* ga, acc_t* gw_part) {
   for (int64_t p = p0; ga && p < p1; ++p) store_scaled(ga + p * C, gs[p], w, C);
   if (!gw_part) return;
-  std::fill(gw_part, gw_part + C, acc_t(0));
-  rows_axpy(a + p0 * C, C, gs + p0, p1 - p0, C, gw_part);
+  rows_sum(a + p0 * C, C, gs + p0, p1 - p0, C, gw_part);
 }
 
 // Asks the kernel to back a fresh, still untouched output with 2 MB pages: writing a large

@@ -36,6 +36,13 @@ def class_scores(logits: torch.Tensor, targets=None) -> torch.Tensor:
     return logits.gather(1, targets.to(logits.device, torch.long)[:, None])[:, 0]
 
 
+def check_grad_mode(caller: str) -> None:
+    """Maps need a gradient: refuse to run under torch.inference_mode, where none can be taken."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{caller}: cannot run under torch.inference_mode(), which disables the gradient "
+                           "the maps are made of; call it outside (it records no graph it does not need)")
+
+
 class BatchCAM:
     """Batched Grad-CAM of `model` at `target_layer` (the paper's batch Grad-CAM).
 
@@ -74,6 +81,7 @@ class BatchCAM:
         """
         if not self._capture.handles:
             raise RuntimeError("BatchCAM: used after close()")
+        check_grad_mode("BatchCAM")
         was_training = self.model.training
         self._capture.start()
         try:

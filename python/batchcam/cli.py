@@ -1,5 +1,9 @@
 """`python -m batchcam` / `batchcam`: train, compare, explain, bench.
 
+Every failure a user can cause ends in one line, `batchcam <command>: error: <what and where>`,
+with exit code 2 for a bad command line and 1 for a failure while running (`--debug`: the
+traceback instead).
+
     batchcam train --protocol batchcam --model simple-cnn --epochs 5 --out runs/bc
     batchcam compare --model simple-cnn --epochs 5 --out runs/compare
     batchcam explain runs/bc/checkpoint.pt --split test --limit 16 --out runs/bc/explain
@@ -13,7 +17,12 @@ import os
 import sys
 
 from .backend import BACKENDS
-from .training import PROTOCOLS, TrainConfig, TrainingDiverged, atomic_write_text, train
+from .checkpoints import atomic_write_text
+from .data import DATASETS
+from .losses import DISTANCES
+from .models import MODELS
+from .outputs import prepare_output_dir
+from .training import CAM_GRADS, PROTOCOLS, TrainConfig, train
 
 _FIELD_HELP = {
     "model": "simple-cnn | resnet18 | convnext-v2-tiny",
@@ -32,7 +41,35 @@ _FIELD_HELP = {
     "device": "cpu | cuda | cuda:N (default: cuda if available)",
     "out": "output folder: checkpoint.pt, metrics.json, examples.png",
     "resume": "continue from <out>/checkpoint.pt",
+    "overwrite": "replace the run an existing --out holds",
+    "seed": "seed of initialisation, data order and slices (>= 0)",
 }
+_FIELD_CHOICES = {"model": tuple(MODELS), "dataset": DATASETS, "protocol": PROTOCOLS, "optimizer": ("adam", "sgd"),
+                  "distance": DISTANCES, "cam_grad": CAM_GRADS, "backend": BACKENDS}
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text, least):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+    return value
+
+
+_FIELD_TYPES = {"epochs": positive_int, "batch_size": positive_int, "train_limit": positive_int,
+                "test_limit": positive_int, "seed": non_negative_int}
 
 
 def _arg_type(annotation):
@@ -52,7 +89,8 @@ def _add_config_arguments(parser, skip=()):
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=field.default, help=help_text)
+            parser.add_argument(flag, type=_FIELD_TYPES.get(field.name, kind), default=field.default,
+                                choices=_FIELD_CHOICES.get(field.name), help=help_text)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -81,6 +119,7 @@ def cmd_train(args):
 
 
 def cmd_compare(args):
+    prepare_output_dir(args.out, overwrite=args.overwrite)
     results = []
     for protocol in PROTOCOLS:
         results.append(train(_config(args, protocol=protocol, out=os.path.join(args.out, protocol))))
@@ -109,32 +148,38 @@ def cmd_bench(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="batchcam", description="Batch-CAM: train and explain CNNs with "
-                                     "batched Grad-CAM maps.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser = argparse.ArgumentParser(prog="batchcam", parents=[common], description="Batch-CAM: train and explain "
+                                     "CNNs with batched Grad-CAM maps.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one protocol")
+    p = sub.add_parser("train", parents=[common], help="train one protocol")
     _add_config_arguments(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("compare", help="train the three protocols and compare them")
+    p = sub.add_parser("compare", parents=[common], help="train the three protocols and compare them")
     _add_config_arguments(p, skip=("protocol", "resume"))
     p.set_defaults(func=cmd_compare, out="runs/compare")
-    p = sub.add_parser("explain", help="map overlays (PNG) and maps (.npy/.pt) from a checkpoint")
+    p = sub.add_parser("explain", parents=[common], help="map overlays (PNG) and maps (.npy/.pt) from a checkpoint")
     p.add_argument("checkpoint", help="checkpoint.pt written by train")
     p.add_argument("images", nargs="*", help="image files (PNG, JPEG...); default: a data-set split")
-    p.add_argument("--dataset", default=None, help="data set of the split (default: the checkpoint's)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--limit", type=int, default=16, help="explain the first N images of the split (0: all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="data set of the split (default: the checkpoint's)")
+    p.add_argument("--data-dir", default=None, help="a folder with MNIST-format IDX files (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="data-set split (default: test)")
+    p.add_argument("--limit", type=non_negative_int, default=16,
+                   help="explain the first N images of the split, 0 for all (default: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward (default: 256)")
     p.add_argument("--target", default="label", choices=["label", "prediction"],
-                   help="class explained for a data-set split (files always use the prediction)")
+                   help="class explained for a data-set split; files always use the prediction (default: label)")
     p.add_argument("--maps", default=None, help="also write every map to this .npy or .pt file")
-    p.add_argument("--overlays", type=int, default=32, help="write at most this many overlay PNGs")
-    p.add_argument("--backend", default="fused")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default="runs/explain")
+    p.add_argument("--overlays", type=non_negative_int, default=32,
+                   help="write at most this many overlay PNGs (default: 32)")
+    p.add_argument("--backend", default="fused", choices=BACKENDS, help="(default: fused)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--out", default="runs/explain", help="folder of the overlay PNGs (default: runs/explain)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out and over an existing --maps")
     p.set_defaults(func=cmd_explain)
-    p = sub.add_parser("bench", help="time the fused op against the reference on given shapes")
+    p = sub.add_parser("bench", parents=[common], help="time the fused op against the reference on given shapes")
     p.add_argument("--shape", action="append", help="B,C,H,W (any spatial dims; repeatable; default 64,512,7,7)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--channels-last", action="store_true", help="inputs in channels-last memory format")
@@ -147,10 +192,25 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Runs a command; returns its exit code (0, 1 for a failure while running, 2 for a bad
+    command line), printing one line per error (the traceback with --debug)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed its message (or --help)
+        return e.code
     try:
         args.func(args)
-    except (TrainingDiverged, ValueError, FileNotFoundError) as e:
-        print(f"batchcam {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"\nbatchcam {args.command}: error: interrupted; the files written so far are "
+              "whole (a training run continues from its last epoch with --resume)", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"batchcam {args.command}: error: {message}", file=sys.stderr)
         return 1
     return 0

@@ -132,13 +132,31 @@ def load_split(dataset: str = "default", split: str = "train", data_dir: str | N
         images, labels = _mnist_from_pureml(split)
     else:
         images, labels = _idx_pair(DEFAULT_DIR, split)
-    classes = MNIST_CLASSES if dataset == "mnist" else FASHION_MNIST_CLASSES
+    labels = np.array(labels, dtype=np.int64)
+    where = data_dir or dataset
+    if len(labels) and labels.min() < 0:
+        raise IDXError(f"{where}: {split} labels must be class indices >= 0, found {labels.min()}")
+    count = int(labels.max()) + 1 if len(labels) else 0
     x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0).unsqueeze(1)
-    return Split(x, torch.from_numpy(np.array(labels, dtype=np.int64)), classes)
+    return Split(x, torch.from_numpy(labels), class_names(dataset, data_dir, count))
 
 
-def stratified_indices(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
-    """`per_class` indices of every class, chosen at random with `seed`, in ascending order."""
+def class_names(dataset: str, data_dir: str | None, count: int) -> tuple:
+    """Names of `count` classes: the data set's own where known (Fashion-MNIST, MNIST, and the
+    embedded slice), else the class indices as text (any IDX data in --data-dir)."""
+    known = {"mnist": MNIST_CLASSES, "fashion-mnist": FASHION_MNIST_CLASSES, "default": FASHION_MNIST_CLASSES}
+    names = known[dataset] if data_dir is None or dataset != "default" else ()
+    return names if count <= len(names) else tuple(str(c) for c in range(count))
+
+
+def stratified_indices(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """`limit` indices spread evenly over the classes (the first `limit % classes` classes get one
+    more; a class with too few images gives all it has), chosen at random with `seed`, ascending."""
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
+    classes = np.unique(labels)
+    per_class, extra = divmod(limit, len(classes))
+    chosen = []
+    for i, c in enumerate(classes):
+        pool = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(pool, min(per_class + (i < extra), len(pool)), replace=False))
     return np.sort(np.concatenate(chosen))

@@ -7,12 +7,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .checkpoints import CheckpointError, atomic_write, load_checkpoint
 from .data import load_split
 from .devices import resolve_device
 from .explanation import explain
 from .figures import overlay
 from .models import build_model
-from .training import load_checkpoint
+from .outputs import check_output_file, prepare_output_dir
 
 
 def load_images(paths, size=(28, 28)):
@@ -27,13 +28,39 @@ def load_images(paths, size=(28, 28)):
     return torch.stack(out).unsqueeze(1)
 
 
+def load_model(path, device):
+    """The model of a checkpoint, in eval mode, and the checkpoint itself."""
+    state = load_checkpoint(path)
+    model = build_model(state["config"]["model"], len(state["classes"])).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {state['config']['model']} "
+                              f"({str(e).strip().splitlines()[0]})") from None
+    return model.eval(), state
+
+
+def save_maps(maps, path):
+    def write(tmp):
+        if path.endswith(".npy"):
+            with open(tmp, "wb") as f:
+                np.save(f, maps.numpy())
+        else:
+            torch.save(maps, tmp)
+
+    atomic_write(path, write)
+
+
 def run_explain(args):
+    # Every output is checked before any work; none may replace an input.
+    if args.maps:
+        check_output_file(args.maps, suffixes=(".npy", ".pt"), protected=[args.checkpoint, *args.images],
+                          overwrite=args.overwrite)
+    if args.overlays:
+        prepare_output_dir(args.out, overwrite=args.overwrite)
     device = resolve_device(args.device)
-    state = load_checkpoint(args.checkpoint)
+    model, state = load_model(args.checkpoint, device)
     config = state["config"]
-    model = build_model(config["model"], len(state["classes"])).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
     if args.images:
         images, labels, names = load_images(args.images), None, [os.path.basename(p) for p in args.images]
     else:
@@ -41,7 +68,8 @@ def run_explain(args):
         n = len(split) if args.limit == 0 else min(args.limit, len(split))
         images, labels = split.images[:n], split.labels[:n]
         names = [f"{args.split}-{i:05d}" for i in range(n)]
-    os.makedirs(args.out, exist_ok=True)
+    if len(images) == 0:
+        raise ValueError(f"explain: no images to explain in the {args.split} split")
     use_labels = labels is not None and args.target == "label"
     all_maps, written = [], 0
     for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch"):
@@ -58,10 +86,6 @@ def run_explain(args):
                 os.path.join(args.out, name))
             written += 1
     if args.maps:
-        maps = torch.cat(all_maps)
-        if args.maps.endswith(".npy"):
-            np.save(args.maps, maps.numpy())
-        else:
-            torch.save(maps, args.maps)
+        save_maps(torch.cat(all_maps), args.maps)
     print(f"explained {len(images)} images: {written} overlays in {args.out}"
           + (f", maps in {args.maps}" if args.maps else ""))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .backend import get_backend
-from .cam import class_scores
+from .cam import check_grad_mode, class_scores
 from .capture import LayerCapture, check_submodules
 from .functional import fused_cam, upsample_maps
 
@@ -56,17 +56,23 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
         relu, eps: as in `batchcam.fused_cam`. backend: as in `batchcam.fused_cam`.
         return_logits: also return the (detached) logits of the forward: (maps, logits).
 
-    The model's mode, its parameters' `.grad` and its hooks are left as they were.
+    The model's mode, its parameters (values and `.grad`), its buffers (BatchNorm statistics of
+    a model in train mode) and its hooks are left as they were.
     """
     layers = _as_layers(target_layers)
     check_submodules(model, layers)
+    check_grad_mode("explain")
     if combine not in COMBINE:
         raise ValueError(f"explain: combine must be one of {COMBINE}, got {combine!r}")
+    if not (size in ("input", "layer") or (isinstance(size, (tuple, list, torch.Size)) and size
+                                           and all(isinstance(n, int) and n > 0 for n in size))):
+        raise ValueError(f"explain: size must be 'input', 'layer' or a tuple of positive ints, got {size!r}")
     if size == "layer" and len(layers) > 1:
         raise ValueError("explain: size='layer' needs a single target layer")
     # The forward records no graph below the first target layer (nothing there needs a gradient):
     # it starts under no_grad and the capture hook turns grad mode on.
     capture = LayerCapture(layers, grad_from_capture=True)
+    buffers = [b.detach().clone() for b in model.buffers()]  # a train-mode forward updates some
     capture.start()
     try:
         with torch.no_grad():
@@ -77,6 +83,9 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
             grads = torch.autograd.grad(score, outputs)
     finally:
         capture.remove()
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
     backend = backend or get_backend()
     out_size = images.shape[2:] if size == "input" else None if size == "layer" else tuple(size)
     maps = []

@@ -26,7 +26,7 @@ def fused_cam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool 
     """
     backend = get_backend() if backend is None else _validate(backend)
     if backend == "reference":
-        check_inputs(activations, gradients, normalize, eps)
+        check_inputs(activations, gradients, normalize, eps, relu)
         return fused_cam_reference(activations, gradients, relu, normalize, eps)
     return fused_cam_op(activations, gradients, relu, normalize, eps, gpu_kernel(backend))
 

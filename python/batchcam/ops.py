@@ -8,6 +8,7 @@ kernels, the CUDA implementation (Triton or C++/CUDA) and the public composite
            backward: cam_backward(gy, A, w, s, ext, ..., output_mask)
 """
 import math
+import numbers
 
 import torch
 
@@ -20,7 +21,7 @@ from .reference import NORMALIZE_MODES, accumulation_dtype
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_inputs(activations, gradients, normalize="minmax", eps=1e-7):
+def check_inputs(activations, gradients, normalize="minmax", eps=1e-7, relu=True):
     """Raises a ValueError/TypeError naming the problem for every input fused_cam rejects."""
     for name, t in (("activations", activations), ("gradients", gradients)):
         if not isinstance(t, torch.Tensor):
@@ -45,6 +46,10 @@ def check_inputs(activations, gradients, normalize="minmax", eps=1e-7):
             f"fused_cam: activations on {activations.device} and gradients on "
             f"{gradients.device} must be on the same device"
         )
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"fused_cam: eps must be a number, got {type(eps).__name__} {eps!r}")
+    if not isinstance(relu, bool):
+        raise TypeError(f"fused_cam: relu must be True or False, got {type(relu).__name__} {relu!r}")
     if normalize not in NORMALIZE_MODES:
         raise ValueError(f"fused_cam: normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
     if not eps >= 0:
@@ -56,7 +61,7 @@ def check_inputs(activations, gradients, normalize="minmax", eps=1e-7):
 
 def fused_cam_op(activations, gradients, relu, normalize, eps, kernel):
     """Checks the inputs, then runs the forward kernel (autograd-aware) and returns the map."""
-    check_inputs(activations, gradients, normalize, eps)
+    check_inputs(activations, gradients, normalize, eps, relu)
     return torch.ops.batchcam.cam_forward(activations, gradients, relu, normalize, eps, kernel)[0]
 
 

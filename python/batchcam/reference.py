@@ -24,7 +24,9 @@ def fused_cam_reference(activations, gradients, relu=True, normalize="minmax", e
     r = torch.relu(s) if relu else s
     flat = r.flatten(1)
     keep = (-1,) + (1,) * (r.dim() - 1)
-    if normalize == "minmax":
+    if flat.shape[1] == 0:  # P = 0: no positions to normalise over (amin/amax refuse empty rows)
+        y = r
+    elif normalize == "minmax":
         lo, hi = flat.amin(dim=1).view(keep), flat.amax(dim=1).view(keep)
         y = (r - lo) / (hi - lo + eps)
     elif normalize == "max":

@@ -7,10 +7,12 @@ Protocols (the loss of one step, maps for the labels' classes):
 `cam_grad="second-order"` lets the map losses train through the gradients that weight the
 channels (autograd.grad with create_graph=True); "detached" treats those weights as constants.
 
-Each epoch ends with an atomic checkpoint (`checkpoint.pt`: a temporary file, then a rename);
-`resume=True` continues from it with the same result as an uninterrupted run (the data order of
-an epoch depends only on the seed and the epoch). A NaN or infinite loss stops the run with
-`TrainingDiverged`, leaving the last good checkpoint in place. Under `torchrun` the model is
+The output folder is checked before any work: one that holds files is refused unless
+`resume=True` (continue the run in it) or `overwrite=True` (start a new run there). Each epoch
+ends with an atomic checkpoint (`batchcam.checkpoints`); `resume=True` continues from it with the
+same result as an uninterrupted run (the data order of an epoch depends only on the seed and the
+epoch). A NaN or infinite loss, or non-finite weights at the end of an epoch, stop the run with
+`TrainingDiverged`, leaving the last checkpoint whose weights and loss were finite in place. Under `torchrun` the model is
 wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU): each process takes its share of
 every global batch, prototypes and metrics are reduced across processes, and only rank 0 writes.
 """
@@ -28,10 +30,12 @@ from tqdm import tqdm
 
 from .backend import _validate
 from .cam import BatchCAM
+from .checkpoints import CheckpointError, atomic_write_text, checkpoint_epochs, load_checkpoint, save_checkpoint
 from .data import Split, load_split, stratified_indices
 from .devices import resolve_device
 from .losses import DISTANCES, BatchCAMLoss, PrototypeLoss, class_prototypes, distance, reconstruct, ssim
 from .models import MODELS, build_model
+from .outputs import prepare_output_dir
 
 PROTOCOLS = ("baseline", "prototype", "batchcam")
 CAM_GRADS = ("second-order", "detached")
@@ -61,6 +65,7 @@ class TrainConfig:
     device: str | None = None  # None: cuda if available, else cpu
     out: str = "runs/batchcam"
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
 
     def validate(self):
@@ -70,16 +75,20 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         _validate(self.backend)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "train_limit", "test_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         return self
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -122,16 +131,24 @@ def init_processes(config: TrainConfig) -> Processes:
 
 
 def load_data(config: TrainConfig):
-    """(train, test) splits, each optionally cut to a stratified slice."""
+    """(train, test) splits, each optionally cut to a stratified slice of exactly its limit;
+    both carry the classes of the two together (the number of classes comes from the labels)."""
     splits = []
     for split, limit in (("train", config.train_limit), ("test", config.test_limit)):
         data = load_split(config.dataset, split, config.data_dir)
+        where = config.data_dir or config.dataset
+        if len(data) == 0:
+            raise ValueError(f"{where}: the {split} split holds no images")
         if limit is not None and limit < len(data):
             classes = len(data.labels.unique())
-            keep = torch.from_numpy(stratified_indices(data.labels.numpy(), max(limit // classes, 1), config.seed))
+            if limit < classes:
+                raise ValueError(f"{split}_limit {limit} is below the {classes} classes of {where}: a stratified "
+                                 "slice needs at least one image per class")
+            keep = torch.from_numpy(stratified_indices(data.labels.numpy(), limit, config.seed))
             data = Split(data.images[keep], data.labels[keep], data.classes)
         splits.append(data)
-    return splits
+    classes = max((s.classes for s in splits), key=len)
+    return [Split(s.images, s.labels, classes) for s in splits]
 
 
 def epoch_batches(n, batch_size, seed, epoch, procs: Processes):
@@ -168,29 +185,41 @@ def compiled_runner(model, cam_grad):
     return _Split(torch.compile(model.body), head)
 
 
-def make_step(config, model, runner, prototypes, procs, cam_class=BatchCAM):
-    """The training step of config.protocol: returns (loss, logits); the caller runs backward.
-    `cam_class` computes the maps (benchmarks swap in a stand-in)."""
-    target = runner.body if config.compile else model.target_layer
-    cam = cam_class(runner, target, backend=config.backend) if config.protocol != "baseline" else None
-    proto_loss = PrototypeLoss(prototypes, config.distance).to(procs.device)
-    batch_loss = BatchCAMLoss(config.distance)
-    create_graph = config.cam_grad == "second-order"
+class TrainStep:
+    """The training step of config.protocol: `step(x, y)` returns (loss, logits) and the caller
+    runs backward. `cam_class` computes the maps (benchmarks swap in a stand-in). A context
+    manager: leaving it removes the hook the maps need from the model."""
 
-    def step(x, y):
-        with torch.autocast(procs.device.type, dtype=torch.bfloat16, enabled=config.amp):
-            if cam is None:
-                logits = runner(x)
-                loss = F.cross_entropy(logits, y)
-            else:
-                logits, maps = cam(x, y, create_graph=create_graph)
-                maps = maps.float()
-                loss = F.cross_entropy(logits, y) + config.prototype_weight * proto_loss(maps, x, y)
-                if config.protocol == "batchcam":
-                    loss = loss + config.batchcam_weight * batch_loss(maps, x, y)
+    def __init__(self, config, model, runner, prototypes, procs, cam_class=BatchCAM):
+        target = runner.body if config.compile else model.target_layer
+        self.config, self.runner, self.device = config, runner, procs.device
+        self.cam = cam_class(runner, target, backend=config.backend) if config.protocol != "baseline" else None
+        self.proto_loss = PrototypeLoss(prototypes, config.distance).to(procs.device)
+        self.batch_loss = BatchCAMLoss(config.distance)
+
+    def __call__(self, x, y):
+        config = self.config
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.amp):
+            if self.cam is None:
+                logits = self.runner(x)
+                return F.cross_entropy(logits, y), logits
+            logits, maps = self.cam(x, y, create_graph=config.cam_grad == "second-order")
+            maps = maps.float()
+            loss = F.cross_entropy(logits, y) + config.prototype_weight * self.proto_loss(maps, x, y)
+            if config.protocol == "batchcam":
+                loss = loss + config.batchcam_weight * self.batch_loss(maps, x, y)
         return loss, logits
 
-    return step
+    def close(self):
+        if self.cam is not None:
+            self.cam.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 
 def build_optimizer(config, model):
@@ -202,22 +231,32 @@ def build_optimizer(config, model):
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def non_finite_parameter(model):
+    """The name of the first parameter or buffer holding NaN or inf, else None."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            return name
+    return None
 
 
-def atomic_write_text(text, path):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+def restore(config, model, optimizer, ckpt_path, device):
+    """Loads the run's checkpoint into model and optimizer; returns (epochs done, history)."""
+    state = load_checkpoint(ckpt_path, device)
+    for option in ("model", "optimizer", "dataset", "data_dir"):
+        if state["config"].get(option) != getattr(config, option):
+            raise CheckpointError(f"{ckpt_path}: was trained with {option} {state['config'].get(option)!r}, "
+                                  f"not {getattr(config, option)!r}; resume with the same {option}")
+    done = checkpoint_epochs(state)
+    if done > config.epochs:
+        raise ValueError(f"{ckpt_path}: holds {done} epochs, more than the {config.epochs} asked for; "
+                         f"resume with epochs >= {done}")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{ckpt_path}: does not fit this {config.model} and {config.optimizer} "
+                              f"({str(e).strip().splitlines()[0]})") from None
+    return done, state["history"]
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -277,6 +316,10 @@ def latency_ms(model, x, config, procs, repeats=10):
 
 def _train_epochs(config, model, optimizer, step, train_data, procs, first_epoch, history, ckpt_path):
     """Epochs first_epoch .. config.epochs - 1, a checkpoint after each; returns the history."""
+    def diverged(what, epoch):
+        kept = f"{ckpt_path} (epoch {epoch})" if epoch else "none (no epoch finished)"
+        return TrainingDiverged(f"{what}: training stopped; the last good checkpoint is {kept}")
+
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
         batches = list(epoch_batches(len(train_data), config.batch_size, config.seed, epoch, procs))
@@ -287,10 +330,7 @@ def _train_epochs(config, model, optimizer, step, train_data, procs, first_epoch
             x, y = train_data.images[idx].to(procs.device), train_data.labels[idx].to(procs.device)
             loss, logits = step(x, y)
             if not torch.isfinite(loss).all():
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}: training stopped; "
-                    f"the last good checkpoint is {ckpt_path if first_epoch or epoch else '(none yet)'}"
-                )
+                raise diverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}", epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -298,13 +338,17 @@ def _train_epochs(config, model, optimizer, step, train_data, procs, first_epoch
             totals[1] += (logits.argmax(1) == y).sum().item()
             totals[2] += len(y)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}")
+        # The last step's update is in no loss yet: the weights are checked before they are saved.
+        bad = non_finite_parameter(model)
+        if bad is not None:
+            raise diverged(f"{bad} became non-finite in epoch {epoch + 1}", epoch)
         loss_sum, correct, n = procs.all_sum(totals)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / n, "train_accuracy": correct / n,
                         "seconds": time.perf_counter() - start})
         if procs.main:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "history": history, "config": dataclasses.asdict(config),
-                         "classes": list(train_data.classes)}, ckpt_path)
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                             "history": history, "config": dataclasses.asdict(config),
+                             "classes": list(train_data.classes)}, ckpt_path)
             if config.progress:
                 h = history[-1]
                 tqdm.write(f"{config.protocol} epoch {epoch + 1}/{config.epochs}: loss {h['train_loss']:.4f} "
@@ -312,26 +356,39 @@ def _train_epochs(config, model, optimizer, step, train_data, procs, first_epoch
     return history
 
 
+RUN_FILES = ("checkpoint.pt", "metrics.json", "examples.png")
+
+
+def prepare_run_dir(config: TrainConfig) -> str:
+    """Checks config.out before any work (see the module docstring); with overwrite, removes the
+    files of the run it held. Returns the checkpoint's path."""
+    ckpt_path = os.path.join(config.out, "checkpoint.pt")
+    if config.resume and not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path}")
+    prepare_output_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+    if config.overwrite:
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(config.out, name)):
+                os.remove(os.path.join(config.out, name))
+    return ckpt_path
+
+
 def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
     """Trains (or resumes) one run; returns its metrics (also in <out>/metrics.json)."""
     config.validate()
+    # Under torchrun only the first process writes, so only it checks (the others stop with it).
+    ckpt_path = os.path.join(config.out, "checkpoint.pt")
+    if int(os.environ.get("RANK", "0")) == 0:
+        ckpt_path = prepare_run_dir(config)
     procs = init_processes(config)
     torch.manual_seed(config.seed)
     train_data, test_data = load_data(config)
     num_classes = len(train_data.classes)
     model = (model or build_model(config.model, num_classes)).to(procs.device)
-    ckpt_path = os.path.join(config.out, "checkpoint.pt")
     first_epoch, history = 0, []
     optimizer = build_optimizer(config, model)
-    if config.resume and os.path.exists(ckpt_path):
-        state = load_checkpoint(ckpt_path, procs.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        first_epoch, history = state["epoch"] + 1, state["history"]
-    elif config.resume:
-        raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path}")
-    if procs.main:
-        os.makedirs(config.out, exist_ok=True)
+    if config.resume:
+        first_epoch, history = restore(config, model, optimizer, ckpt_path, procs.device)
 
     shard = slice(procs.rank, None, procs.world)
     prototypes = class_prototypes(train_data.images[shard].to(procs.device),
@@ -340,16 +397,16 @@ def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
     if procs.world > 1:
         device_ids = [procs.device.index] if procs.device.type == "cuda" else None
         runner = nn.parallel.DistributedDataParallel(runner, device_ids=device_ids)
-    step = make_step(config, model, runner, prototypes, procs)
 
     model.train()
-    with torch._functorch.config.patch(donated_buffer=False):
+    with TrainStep(config, model, runner, prototypes, procs) as step, \
+            torch._functorch.config.patch(donated_buffer=False):
         history = _train_epochs(config, model, optimizer, step, train_data, procs, first_epoch, history, ckpt_path)
     metrics = evaluate(model, test_data, prototypes, config, procs)
     x = test_data.images[:config.batch_size].to(procs.device)
     metrics.update({
         "protocol": config.protocol, "model": config.model, "dataset": config.dataset,
-        "epochs": config.epochs, "processes": procs.world, "device": str(procs.device),
+        "epochs": len(history), "processes": procs.world, "device": str(procs.device),
         "train_seconds_per_epoch": sum(h["seconds"] for h in history) / max(len(history), 1),
         "latency_ms": latency_ms(model, x, config, procs), "history": history,
         "config": dataclasses.asdict(config),
