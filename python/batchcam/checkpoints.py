@@ -118,6 +118,15 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return state
 
 
+def load_into(target, state_dict, path, what):
+    """target.load_state_dict(state_dict) (a model or an optimizer), a mismatch raised as a
+    CheckpointError naming `path` and `what` the weights were meant for."""
+    try:
+        target.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: does not fit {what} ({' '.join(str(e).split())})") from None
+
+
 def checkpoint_epochs(state: dict) -> int:
     """Epochs a checkpoint holds (its "epoch" counts from 0)."""
     return int(state["epoch"]) + 1

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoints import CheckpointError, atomic_write, load_checkpoint
+from .checkpoints import atomic_write, load_checkpoint, load_into
 from .data import load_split
 from .devices import resolve_device
 from .explanation import explain
@@ -32,11 +32,7 @@ def load_model(path, device):
     """The model of a checkpoint, in eval mode, and the checkpoint itself."""
     state = load_checkpoint(path)
     model = build_model(state["config"]["model"], len(state["classes"])).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {state['config']['model']} "
-                              f"({str(e).strip().splitlines()[0]})") from None
+    load_into(model, state["model"], path, state["config"]["model"])
     return model.eval(), state
 
 

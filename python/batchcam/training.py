@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from .backend import _validate
 from .cam import BatchCAM
-from .checkpoints import CheckpointError, atomic_write_text, checkpoint_epochs, load_checkpoint, save_checkpoint
+from .checkpoints import (CheckpointError, atomic_write_text, checkpoint_epochs, load_checkpoint, load_into,
+                          save_checkpoint)
 from .data import Split, load_split, stratified_indices
 from .devices import resolve_device
 from .losses import DISTANCES, BatchCAMLoss, PrototypeLoss, class_prototypes, distance, reconstruct, ssim
@@ -250,12 +251,8 @@ def restore(config, model, optimizer, ckpt_path, device):
     if done > config.epochs:
         raise ValueError(f"{ckpt_path}: holds {done} epochs, more than the {config.epochs} asked for; "
                          f"resume with epochs >= {done}")
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{ckpt_path}: does not fit this {config.model} and {config.optimizer} "
-                              f"({str(e).strip().splitlines()[0]})") from None
+    load_into(model, state["model"], ckpt_path, f"this {config.model}")
+    load_into(optimizer, state["optimizer"], ckpt_path, f"this {config.optimizer} optimizer")
     return done, state["history"]
 
 
