@@ -113,8 +113,8 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):
-    assert cli_main(["train", "--distance", "cosine", "--out", str(tmp_path)]) == 1
-    assert "distance must be one of" in capsys.readouterr().err
+    assert cli_main(["train", "--distance", "cosine", "--out", str(tmp_path)]) == 2
+    assert "argument --distance: invalid choice: 'cosine'" in capsys.readouterr().err
     assert cli_main(["train", "--device", "tpu9", "--out", str(tmp_path)]) == 1
     assert "'tpu9' is not a device name" in capsys.readouterr().err
 

@@ -75,9 +75,9 @@ def save_checkpoint(state: dict, path: str) -> None:
     atomic_save({**state, "sha256": state_digest(state)}, path)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def _first_sentence(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text.split(". ")[0] if text else type(error).__name__
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -98,7 +98,7 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         if "Weights only load failed" in str(e):
             problem = "holds objects other than tensors and plain values"
         else:
-            problem = _first_line(e)
+            problem = _first_sentence(e)
         raise CheckpointError(f"{path}: not a batchcam checkpoint ({problem})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a batchcam checkpoint (holds a {type(state).__name__})")

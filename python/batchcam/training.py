@@ -137,7 +137,7 @@ def load_data(config: TrainConfig):
     splits = []
     for split, limit in (("train", config.train_limit), ("test", config.test_limit)):
         data = load_split(config.dataset, split, config.data_dir)
-        where = config.data_dir or config.dataset
+        where = config.data_dir or f"data set {config.dataset!r}"
         if len(data) == 0:
             raise ValueError(f"{where}: the {split} split holds no images")
         if limit is not None and limit < len(data):
@@ -362,7 +362,7 @@ def prepare_run_dir(config: TrainConfig) -> str:
     ckpt_path = os.path.join(config.out, "checkpoint.pt")
     if config.resume and not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path}")
-    prepare_output_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+    prepare_output_dir(config.out, resume=config.resume, overwrite=config.overwrite, resumable=True)
     if config.overwrite:
         for name in RUN_FILES:
             if os.path.exists(os.path.join(config.out, name)):
