@@ -411,8 +411,8 @@ def cam_forward(activations, gradients, relu, normalize, eps):
     w = torch.empty((B, C), dtype=acc, device=a.device)
     s = torch.empty((B, P), dtype=acc, device=a.device)
     ext = torch.empty((B, 2), dtype=acc, device=a.device)
-    if a.numel() == 0:
-        return y, w.zero_(), s, ext.zero_()
+    if a.numel() == 0:  # no channels (C = 0): the scores are empty sums, so the map is zeros
+        return y.zero_(), w.zero_(), s.zero_(), ext.zero_()
     block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
     finish = splits == 1  # one program holds the whole sample's scores: it finishes the map itself
     s_part = s if finish else torch.empty((B, splits, P), dtype=acc, device=a.device)

@@ -12,6 +12,8 @@ import torch
 from batchcam import fused_cam_reference
 
 K = 2.0
+# Flags that build the C++ sources as C++17 (torch 2.11's standard) with torch 2.13's headers.
+CXX17 = ["-std=c++17", "-Wno-c++20-extensions"]
 FLOOR = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-3, torch.float16: 5e-4}
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 

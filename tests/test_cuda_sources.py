@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_cxx_standards import CXX17
+from helpers import CXX17
 from torch.utils.cpp_extension import include_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

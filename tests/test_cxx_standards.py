@@ -7,11 +7,11 @@ import subprocess
 import sysconfig
 
 import pytest
+from helpers import CXX17
 from torch.utils.cpp_extension import include_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ["csrc/fused_cam.cpp", "csrc/fused_cam_autograd.cpp", "csrc/cpu/fused_cam_cpu.cpp"]
-CXX17 = ["-std=c++17", "-Wno-c++20-extensions"]
 
 
 @pytest.mark.parametrize("source", SOURCES)

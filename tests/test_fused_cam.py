@@ -40,7 +40,8 @@ def _triton_interpreter_on_cpu(request):
         yield
 
 
-def op_for(device, backend):
+def op_for(backend):
+    """batchcam.fused_cam with `backend` (the device is the inputs')."""
     return functools.partial(batchcam.fused_cam, backend=backend)
 
 
@@ -51,7 +52,7 @@ def op_for(device, backend):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_reference(device, backend, shape, dtype, channels_last):
     a, g = make_inputs(shape, dtype, device, channels_last, requires_grad=True)
-    check_against_reference(op_for(device, backend), a, g)
+    check_against_reference(op_for(backend), a, g)
 
 
 @pytest.mark.usefixtures("poisoned_empty")
@@ -61,7 +62,7 @@ def test_matches_reference(device, backend, shape, dtype, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 def test_options(device, backend, normalize, relu, channels_last):
     a, g = make_inputs((5, 24, 6, 5), torch.float32, device, channels_last, requires_grad=True)
-    check_against_reference(op_for(device, backend), a, g, relu=relu, normalize=normalize, eps=1e-3)
+    check_against_reference(op_for(backend), a, g, relu=relu, normalize=normalize, eps=1e-3)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
@@ -70,7 +71,7 @@ def test_gradient_of_one_input(device, backend, wrt):
     a, g = make_inputs((3, 20, 4, 5), torch.float32, device)
     a.requires_grad_(wrt in ("activations", "both"))
     g.requires_grad_(wrt in ("gradients", "both"))
-    _, grads = check_against_reference(op_for(device, backend), a, g)
+    _, grads = check_against_reference(op_for(backend), a, g)
     assert (grads[0] is not None) == a.requires_grad and (grads[1] is not None) == g.requires_grad
 
 
@@ -96,7 +97,7 @@ def test_ties_split_the_gradient(device, backend, relu, normalize, dtype):
     y_ref = batchcam.fused_cam_reference(a, g, relu=relu, normalize=normalize)
     assert ((y_ref.flatten(1) == y_ref.flatten(1).amax(1, keepdim=True)).sum(1) >= 2).all()
     a, g = (t.to(dtype).requires_grad_() for t in (a, g))
-    check_against_reference(op_for(device, backend), a, g, relu=relu, normalize=normalize)
+    check_against_reference(op_for(backend), a, g, relu=relu, normalize=normalize)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
@@ -109,7 +110,7 @@ def test_map_zeroed_by_relu_is_zero_with_finite_gradient(device, backend, normal
     assert torch.equal(y, torch.zeros_like(y))
     ga, gg = torch.autograd.grad(y.sum(), (a, g))
     assert torch.isfinite(ga).all() and torch.isfinite(gg).all()
-    check_against_reference(op_for(device, backend), a, g, normalize=normalize)
+    check_against_reference(op_for(backend), a, g, normalize=normalize)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
@@ -126,9 +127,8 @@ def test_nan_stays_in_its_sample(device, backend, channels_last):
     y_ref = batchcam.fused_cam_reference(to64(a), to64(g))
     assert_close(y[clean], y_ref[clean], y_ref[clean].float(), "map of clean samples")
     assert torch.isfinite(ga[clean]).all() and torch.isfinite(gg[clean]).all()
-    ref = check_against_reference(op_for(device, backend), a[clean].detach().requires_grad_(),
-                                  g[clean].detach().requires_grad_())
-    assert ref is not None
+    check_against_reference(op_for(backend), a[clean].detach().requires_grad_(),
+                            g[clean].detach().requires_grad_())
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
@@ -136,8 +136,19 @@ def test_empty_batch(device, backend):
     a, g = make_inputs((0, 6, 3, 4), torch.float32, device, requires_grad=True)
     y = batchcam.fused_cam(a, g, backend=backend)
     assert y.shape == (0, 3, 4)
-    ga, gg = torch.autograd.grad(y.sum(), (a, g), allow_unused=True)
-    assert ga is None or ga.shape == a.shape
+    ga, gg = torch.autograd.grad(y.sum(), (a, g))
+    assert ga.shape == a.shape and gg.shape == g.shape
+
+
+@pytest.mark.usefixtures("poisoned_empty")
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_no_channels(device, backend):
+    """C = 0: every score is an empty sum, so the map is zeros (not left unwritten)."""
+    a, g = make_inputs((3, 0, 4, 5), torch.float32, device, requires_grad=True)
+    y = batchcam.fused_cam(a, g, backend=backend)
+    assert torch.equal(y, torch.zeros(3, 4, 5, device=device))
+    ga, gg = torch.autograd.grad(y.sum(), (a, g))
+    assert ga.shape == a.shape and gg.shape == g.shape
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
@@ -283,7 +294,7 @@ def test_triton_wide_offsets(device, channels_last, monkeypatch):
     monkeypatch.setattr(triton_kernels, "WIDE_OFFSETS_FROM", 0)
     a, g = make_inputs((3, 37, 5, 7), torch.float32, device, channels_last, requires_grad=True)
     with triton_kernels_on_cpu() if device == "cpu" else contextlib.nullcontext():
-        check_against_reference(op_for(device, "triton"), a, g)
+        check_against_reference(op_for("triton"), a, g)
 
 
 @pytest.mark.usefixtures("poisoned_empty")
@@ -310,7 +321,7 @@ TILE_SHAPES = [
 @pytest.mark.parametrize("shape,channels_last", TILE_SHAPES)
 def test_position_tiles(device, backend, shape, channels_last):
     a, g = make_inputs(shape, torch.float32, device, channels_last, requires_grad=True)
-    check_against_reference(op_for(device, backend), a, g)
+    check_against_reference(op_for(backend), a, g)
 
 
 @pytest.mark.gpu
@@ -324,7 +335,7 @@ def test_triton_pipelined_loops(stages, shape, channels_last, dtype, monkeypatch
 
     monkeypatch.setattr(triton_kernels, "LOOP_STAGES", {False: stages, True: stages})
     a, g = make_inputs(shape, dtype, "cuda", channels_last, requires_grad=True)
-    check_against_reference(op_for("cuda", "triton"), a, g)
+    check_against_reference(op_for("triton"), a, g)
 
 
 @pytest.mark.gpu

@@ -61,7 +61,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_cam_forward(
   at::Tensor w = at::empty({shape.B, shape.C}, acc);
   at::Tensor s = at::empty({shape.B, shape.P}, acc);
   at::Tensor ext = at::empty({shape.B, 2}, acc);
-  if (a.numel() == 0) return {y, w.zero_(), s, ext.zero_()};
+  // No channels (C = 0): the scores are empty sums, so the map is zeros, as on CPU.
+  if (a.numel() == 0) return {y.zero_(), w.zero_(), s.zero_(), ext.zero_()};
   const cuda::CamProblem problem = kernel_problem(shape, a);
   at::Tensor s_part = at::empty({shape.B, problem.splits, shape.P}, acc);
   BATCHCAM_CHECK_LAUNCH(cuda::launch_cam_forward(
