@@ -4,7 +4,6 @@ and torch was built with CUDA, the CUDA kernels.
 Environment:
   BATCHCAM_SKIP_CUDA_BUILD=1   build the CPU kernels only, even where nvcc is found
   BATCHCAM_DEBUG=1             -O0 -g instead of -O3
-  BATCHCAM_MARCH=...           value of -march for the CPU kernels (default: native; "" for none)
   TORCH_CUDA_ARCH_LIST         CUDA architectures (torch's own switch, e.g. "9.0")
   MAX_JOBS                     parallel compile jobs (torch's own switch)
 """
@@ -28,35 +27,15 @@ def _use_cuda():
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
-def cxx_flags(march=None):
-    """Compiler flags of the C++ sources; march: the -march value (default $BATCHCAM_MARCH, else
-    native; "" for none)."""
+def cxx_flags():
+    """Compiler flags of the C++ sources: no -march, so the library runs on any CPU of its
+    architecture; the AVX2 kernels are compiled apart and chosen at run time (csrc/cpu/)."""
     debug = os.environ.get("BATCHCAM_DEBUG", "0") == "1"
-    march = os.environ.get("BATCHCAM_MARCH", "native") if march is None else march
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -ffp-contract=off: floating-point arithmetic exactly as written (GCC's default in C++ fuses
     # a * b + c into an FMA where it vectorises, so one kernel instantiation could round
     # differently from another); FMAs only where the code asks for them.
-    cxx += ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
-    return cxx + ([f"-march={march}"] if march else [])
-
-
-def load_cpu_kernels(namespace, source_root=ROOT, build_dir=None, march=None):
-    """The op schemas and CPU kernels under source_root, built with cxx_flags(march) and Python's
-    own flags (setuptools adds them; -fwrapv among them changes GCC's code here) as the torch
-    library `namespace` (-Dbatchcam=namespace renames it), loaded into this process beside
-    batchcam._C: for comparing builds (benchmarks/ab_cpu_kernel.py, tests/test_portable_build.py).
-    Returns torch.ops.<namespace>."""
-    import shlex
-    import sysconfig
-
-    from torch.utils.cpp_extension import load
-
-    sources = [os.path.join(source_root, "csrc", *path) for path in (["fused_cam.cpp"], ["cpu", "fused_cam_cpu.cpp"])]
-    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + cxx_flags(march) + [f"-Dbatchcam={namespace}"]
-    load(name=namespace, sources=sources, extra_cflags=flags, extra_ldflags=["-fopenmp"], is_python_module=False,
-         build_directory=build_dir)
-    return getattr(torch.ops, namespace)
+    return cxx + ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
 
 
 def _extension():
@@ -72,7 +51,7 @@ def _extension():
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]
     sources += _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu")
-    return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DBATCHCAM_WITH_CUDA"], "nvcc": nvcc},
+    return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
                          **kwargs)
 
 

@@ -1,7 +1,10 @@
 // Schemas of the batchcam ops: the one place they are defined (kernels live in csrc/cpu and
-// csrc/cuda, the autograd formula, fake kernels and the public composite in python/batchcam/ops.py).
+// csrc/cuda, autograd in fused_cam_autograd.cpp, fake kernels and the public composite in
+// python/batchcam/ops.py).
 #include <Python.h>
 #include <torch/library.h>
+
+#include "cpu/fused_cam_cpu.h"
 
 extern "C" {
 // An empty module: importing batchcam._C only runs the static registrations below.
@@ -39,4 +42,6 @@ TORCH_LIBRARY(batchcam, m) {
       "cuda_cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
       "Tensor extremes, bool relu, str normalize, float eps, bool[2] output_mask) "
       "-> (Tensor?, Tensor?)");
+  // Which CPU kernels run: "avx2" or "baseline" (chosen at run time, see cpu/fused_cam_cpu.h).
+  m.def("cpu_capability() -> str", &batchcam::cpu_capability);
 }

@@ -1,49 +1,75 @@
-"""The CPU kernels built without -march (BATCHCAM_MARCH="", as for a wheel that runs anywhere):
-none of the AVX2 or F16C paths, only code the compiler vectorises for baseline x86-64 (or any
-other CPU). Built once (about a minute) as a second op library beside batchcam._C, then run
-through the whole op (checks, autograd, the broadcast gradient of the gradients) in place of the
-native kernels and checked against the float64 reference like them."""
-import functools
+"""The extension runs on any x86-64 CPU: the C++ is built without -march, the AVX2/FMA/F16C
+kernels are compiled apart (csrc/cpu/fused_cam_cpu_avx2.cpp) and chosen at run time where the CPU
+has them. Checked here: which kernels run, the baseline kernels against the float64 reference
+(through the whole op, in a process that forces them), and that no instruction beyond the
+baseline lies outside the run-time-chosen functions of the built library."""
 import os
+import platform
+import re
+import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import check_against_reference, cpu_kernels_replaced, make_inputs
 
 import batchcam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIBRARY = batchcam._C.__file__
 
 
-@pytest.fixture(scope="module")
-def portable_kernels(tmp_path_factory):
-    sys.path.insert(0, ROOT)
-    try:
-        from setup import load_cpu_kernels
-    finally:
-        sys.path.remove(ROOT)
-    return load_cpu_kernels("batchcam_portable", build_dir=str(tmp_path_factory.mktemp("portable")), march="")
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
 
 
-# Rows of 8 and a tail (C = 37, P = 667), one sample in many blocks, one block per sample, P = 1.
-SHAPES = [(3, 37, 23, 29), (1, 64, 15, 17), (40, 24, 9, 9), (5, 19, 1, 1)]
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU's flags from /proc/cpuinfo")
+def test_the_best_kernels_this_cpu_has_run():
+    expected = "avx2" if {"avx2", "fma", "f16c"} <= cpu_flags() else "baseline"
+    assert torch.ops.batchcam.cpu_capability() == expected
 
 
-@pytest.mark.usefixtures("poisoned_empty")
-@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_portable_build_matches_reference(portable_kernels, shape, dtype, channels_last):
-    a, g = make_inputs(shape, dtype, "cpu", channels_last, requires_grad=True)
-    calls = []
+def test_baseline_kernels_match_reference():
+    """The op tests of the CPU kernels (every dtype, layout and shape class, ties, NaN, gradcheck,
+    opcheck) with the baseline kernels forced by BATCHCAM_CPU_CAPABILITY."""
+    env = {**os.environ, "BATCHCAM_CPU_CAPABILITY": "baseline"}
+    probe = subprocess.run([sys.executable, "-c", "import torch, batchcam; print(torch.ops.batchcam.cpu_capability())"],
+                           env=env, capture_output=True, text=True)
+    assert probe.stdout.strip() == "baseline", probe.stderr[-2000:]
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not triton",
+                            os.path.join(ROOT, "tests", "test_fused_cam.py")], env=env, capture_output=True, text=True,
+                           cwd=ROOT)
+    assert tests.returncode == 0, tests.stdout[-4000:]
+    assert re.search(r"\d+ passed", tests.stdout)
 
-    def recorded(name):
-        def run(*args):
-            calls.append(name)
-            return getattr(portable_kernels, name)(*args)
-        return run
 
-    with cpu_kernels_replaced(recorded("cam_forward"), recorded("cam_backward")):
-        check_against_reference(functools.partial(batchcam.fused_cam, backend="fused"), a, g)
-    assert calls == ["cam_forward", "cam_backward"]  # the portable kernels ran
+def test_unknown_capability_is_refused():
+    env = {**os.environ, "BATCHCAM_CPU_CAPABILITY": "avx9"}
+    run = subprocess.run([sys.executable, "-c", "import torch, batchcam; torch.ops.batchcam.cpu_capability()"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "BATCHCAM_CPU_CAPABILITY must be 'baseline' or 'avx2', got 'avx9'" in run.stderr
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
+def test_no_avx_outside_the_avx2_kernels():
+    """Every VEX-encoded instruction (AVX, AVX2, FMA, F16C) of batchcam._C lies in a function of
+    the namespace batchcam::avx2, which runs only where the CPU has them."""
+    listing = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", LIBRARY], capture_output=True,
+                             text=True, check=True).stdout
+    function, outside, inside = None, {}, 0
+    for line in listing.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            function = header.group(1)
+            continue
+        fields = line.split("\t")
+        mnemonic = fields[1].split()[0] if len(fields) > 1 and fields[1].split() else ""
+        if mnemonic.startswith("v") and re.search(r"%[xyz]mm|vzeroupper", line):
+            if "batchcam::avx2::" in function:
+                inside += 1
+            else:
+                outside.setdefault(function, line.strip())
+    assert not outside, f"VEX instructions outside batchcam::avx2: {list(outside.items())[:5]}"
+    if platform.machine() == "x86_64":
+        assert inside > 0, "no AVX2 kernels in the library"

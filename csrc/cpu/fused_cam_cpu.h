@@ -1,0 +1,51 @@
+// The CPU kernels' entry points, one set per CPU capability (see fused_cam_cpu_kernels.h), and
+// every header they use: a capability's translation unit includes this file before it turns on
+// its instruction set, so that code from headers is compiled for the baseline in every unit.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+#include "../fused_cam.h"
+
+namespace batchcam {
+
+using CamForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using CamBackwardResult = std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>>;
+
+#define BATCHCAM_DECLARE_CPU_KERNELS(capability)                                                       \
+  namespace capability {                                                                              \
+  CamForwardResult cam_forward(const at::Tensor& activations, const at::Tensor& gradients, bool relu,    \
+                               c10::string_view normalize, double eps, c10::string_view gpu_kernel);    \
+  CamBackwardResult cam_backward(const at::Tensor& grad_map, const at::Tensor& activations,             \
+                                 const at::Tensor& weights, const at::Tensor& scores,                   \
+                                 const at::Tensor& extremes, bool relu, c10::string_view normalize,      \
+                                 double eps, c10::string_view gpu_kernel, std::array<bool, 2> output_mask); \
+  }
+BATCHCAM_DECLARE_CPU_KERNELS(baseline)
+BATCHCAM_DECLARE_CPU_KERNELS(avx2)
+#undef BATCHCAM_DECLARE_CPU_KERNELS
+
+// The capability whose kernels the CPU dispatch runs: "avx2" where the CPU has AVX2, FMA and
+// F16C, else "baseline"; $BATCHCAM_CPU_CAPABILITY ("baseline" or "avx2") overrides it.
+std::string cpu_capability();
+
+}  // namespace batchcam

@@ -1,0 +1,623 @@
+// CPU kernels of batchcam::cam_forward and batchcam::cam_backward, compiled once per CPU capability
+// (fused_cam_cpu_baseline.cpp, fused_cam_cpu_avx2.cpp) into the namespace BATCHCAM_CPU_CAPABILITY;
+// fused_cam_cpu.cpp picks one at run time. BATCHCAM_CPU_AVX2 turns on the AVX2/FMA/F16C paths.
+//
+// Forward, per sample b (DESIGN.md section 3), accumulated in acc_t (float, double for double):
+//   w[c] = 1/P sum_p G[c,p]        s[p] = sum_c w[c] A[c,p]        r = relu(s)
+//   y    = (r - min r) / (max r - min r + eps)   (or r / (max r + eps), or r)
+// Backward, given gy:
+//   gr = dy/dr^T gy (ties in the extremes share their gradient evenly)    gs = gr * (s > 0)
+//   gA[c,p] = w[c] gs[p]           gG[c,p] = 1/P sum_p' gs[p'] A[c,p']
+//
+// Work is split into (sample, block) tasks run by at::parallel_for, a block being a range of rows
+// (channels of NCHW, positions of channels-last). The number of blocks depends on the shape only,
+// and partial sums are combined in a fixed order, so results are bitwise reproducible whatever
+// the thread count. Every reduction is one of two primitives over a
+// sample seen as rows of contiguous elements: rows_dot (a dot product per row, kept in kLanes
+// interleaved partial sums so that -O3 vectorises it without reassociating additions; with AVX2,
+// 8 rows at a time in explicit vectors, see rows_dot_8) and rows_axpy (a weighted sum of rows,
+// vectorised along the row). Both take kRows rows at a time: independent add chains, and fewer
+// passes over the accumulator.
+#include "fused_cam_cpu.h"
+
+namespace batchcam {
+namespace BATCHCAM_CPU_CAPABILITY {
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kRows = 4;
+// Fewest rows per block: channels (NCHW), positions (channels-last, where more than one block per
+// sample costs two more parallel regions).
+constexpr int64_t kMinChannelsPerBlock = 16;
+constexpr int64_t kMinPositionsPerBlock = 32;
+constexpr int64_t kTargetTasks = 32;
+// Blocked summation (rows_dot, rows_sum): elements of a row, or rows, summed before the next span.
+constexpr int64_t kSpan = 4096;
+constexpr int64_t kSpanRows = 1024;
+
+// Tasks per parallel chunk, for tasks of `elements` elements each: at least kMinElementsPerTask
+// per chunk, so that small inputs run inline, since waking the thread pool costs more than the work.
+int64_t task_grain(int64_t elements) {
+  constexpr int64_t kMinElementsPerTask = 16384;
+  return std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(elements, 1));
+}
+
+// Samples per task of the per-sample stages (O(P) or O(C) work each).
+int64_t per_sample_grain(const CamShape& shape) {
+  return task_grain(std::max(shape.P, shape.C));
+}
+
+// A sample is split into blocks of contiguous rows (channels of NCHW, positions of channels-last):
+// enough (sample, block) tasks to occupy every core when B is small, each streaming through one
+// contiguous range of memory (column slices of channels-last rows would be read twice).
+int64_t blocks_per_sample(const CamShape& shape) {
+  const int64_t most = shape.channels_last ? shape.P / kMinPositionsPerBlock : shape.C / kMinChannelsPerBlock;
+  const int64_t wanted = (kTargetTasks + shape.B - 1) / std::max<int64_t>(shape.B, 1);
+  return std::clamp<int64_t>(wanted, 1, std::max<int64_t>(most, 1));
+}
+
+// Half rows reach the arithmetic as float chunks of kChunk elements per row, converted 8 at a time
+// with F16C: GCC does not vectorise _Float16 conversions, and one element at a time they cost more
+// than the rest of the kernel. kChunk is a multiple of kLanes, so a chunked row is summed in
+// exactly the order of an unchunked one. Other dtypes convert inline, vectorised.
+constexpr int64_t kChunk = 256;
+
+template <typename scalar_t>
+constexpr bool kConvertInChunks = std::is_same_v<scalar_t, c10::Half>;
+
+template <int64_t R, typename acc_t, typename scalar_t>
+void convert_rows(const scalar_t* x, int64_t stride, int64_t n, acc_t (&chunk)[R][kChunk]) {
+  for (int64_t r = 0; r < R; ++r) {
+    const scalar_t* row = x + r * stride;
+    int64_t i = 0;
+#if BATCHCAM_CPU_AVX2
+    if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+      for (; i + 8 <= n; i += 8) {
+        const __m128i half8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i));
+        _mm256_storeu_ps(&chunk[r][i], _mm256_cvtph_ps(half8));
+      }
+    }
+#endif
+    for (; i < n; ++i) chunk[r][i] = static_cast<acc_t>(row[i]);
+  }
+}
+
+// fn(rows, row_stride, i0, m) over elements [0, n) of R rows: once on the rows themselves, or, for
+// dtypes converted in chunks, on an acc_t copy of elements [i0, i0 + m) of each chunk in turn.
+template <int64_t R, typename acc_t, typename scalar_t, typename Fn>
+[[gnu::always_inline]] inline void over_rows_in_acc(const scalar_t* x, int64_t stride, int64_t n, const Fn& fn) {
+  if constexpr (kConvertInChunks<scalar_t>) {
+    acc_t chunk[R][kChunk];
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const int64_t m = std::min(kChunk, n - i0);
+      convert_rows<R>(x + i0, stride, m, chunk);
+      fn(&chunk[0][0], kChunk, i0, m);
+    }
+  } else {
+    fn(x, stride, int64_t(0), n);
+  }
+}
+
+// lanes[r][i % kLanes] += x[r * stride + i] * y[i] (y = 1 without HasY), for R rows and i < n.
+// Always inlined, into functions whose lanes are a local array (no store to them can change x, y).
+template <bool HasY, int64_t R, typename acc_t, typename scalar_t>
+[[gnu::always_inline]] inline void accumulate_lanes(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n,
+                                                    acc_t (&lanes)[R][kLanes]) {
+  auto term = [&](int64_t r, int64_t i) {
+    const acc_t v = static_cast<acc_t>(x[r * stride + i]);
+    if constexpr (HasY) return v * y[i];
+    return v;
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t l = 0; l < kLanes; ++l) lanes[r][l] += term(r, i + l);
+    }
+  }
+  for (int64_t l = 0; i < n; ++i, ++l) {
+    for (int64_t r = 0; r < R; ++r) lanes[r][l] += term(r, i);
+  }
+}
+
+// out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for R rows.
+template <bool HasY, int64_t R, typename acc_t, typename scalar_t, typename out_t>
+[[gnu::always_inline]] inline void rows_dot_block(const scalar_t* x, int64_t stride, const acc_t* y, int64_t n,
+                                                  acc_t scale, out_t* out) {
+  acc_t lanes[R][kLanes] = {};
+  over_rows_in_acc<R, acc_t>(x, stride, n, [&](const auto* rows, int64_t row_stride, int64_t i0, int64_t m) {
+    accumulate_lanes<HasY, R>(rows, row_stride, HasY ? y + i0 : y, m, lanes);
+  });
+  for (int64_t r = 0; r < R; ++r) {
+    acc_t total = 0;
+    for (int64_t l = 0; l < kLanes; ++l) total += lanes[r][l];
+    out[r] = static_cast<out_t>(total * scale);
+  }
+}
+
+#if BATCHCAM_CPU_AVX2
+// 8 elements as floats (conversions from Half and BFloat16 are exact).
+template <typename scalar_t>
+[[gnu::always_inline]] inline __m256 load_8(const scalar_t* v) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return _mm256_loadu_ps(v);
+  } else {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v));
+    if constexpr (std::is_same_v<scalar_t, c10::Half>) return _mm256_cvtph_ps(bits);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));  // BFloat16
+  }
+}
+
+// The first m < 8 elements as floats, then zeros: a row's tail, read without reading past it (and
+// without a round trip through memory, which costs more than the rest of a short row).
+template <typename scalar_t>
+[[gnu::always_inline]] inline __m256 load_first(const scalar_t* v, int64_t m) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(v, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), lane));
+  } else {
+    auto at = [&](int64_t i) { return i < m ? static_cast<float>(v[i]) : 0.f; };
+    return _mm256_setr_ps(at(0), at(1), at(2), at(3), at(4), at(5), at(6), 0.f);  // m < 8
+  }
+}
+
+// rows_dot for 8 rows of float, Half or BFloat16, in AVX2: 8 partial sums per row (lane i % 8),
+// then the 8 rows' partial sums reduced together by a tree of horizontal adds: a fixed order and 9
+// instructions for 8 rows, where reducing each row's lanes alone costs more than summing a short row.
+template <bool HasY, typename scalar_t, typename out_t>
+void rows_dot_8(const scalar_t* x, int64_t stride, const float* y, int64_t n, float scale, out_t* out) {
+  __m256 sum[8];
+  for (auto& v : sum) v = _mm256_setzero_ps();
+  auto add = [&](int64_t i, auto load) {
+    const __m256 yv = HasY ? load(y + i) : _mm256_setzero_ps();
+    for (int64_t r = 0; r < 8; ++r) {
+      const __m256 xv = load(x + r * stride + i);
+      sum[r] = HasY ? _mm256_fmadd_ps(xv, yv, sum[r]) : _mm256_add_ps(sum[r], xv);
+    }
+  };
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) add(i, [](const auto* v) { return load_8(v); });
+  if (i < n) add(i, [m = n - i](const auto* v) { return load_first(v, m); });
+  const __m256 s01 = _mm256_hadd_ps(sum[0], sum[1]), s23 = _mm256_hadd_ps(sum[2], sum[3]);
+  const __m256 s45 = _mm256_hadd_ps(sum[4], sum[5]), s67 = _mm256_hadd_ps(sum[6], sum[7]);
+  const __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);
+  const __m256 low = _mm256_permute2f128_ps(s03, s47, 0x20), high = _mm256_permute2f128_ps(s03, s47, 0x31);
+  alignas(32) float total[8];
+  _mm256_store_ps(total, _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale)));
+  for (int64_t r = 0; r < 8; ++r) out[r] = static_cast<out_t>(total[r]);
+}
+#endif
+
+template <bool HasY, typename acc_t, typename scalar_t, typename out_t>
+void rows_dot_short(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, int64_t n, acc_t scale,
+                    out_t* out) {
+  int64_t r = 0;
+#if BATCHCAM_CPU_AVX2
+  if constexpr (std::is_same_v<acc_t, float>) {  // float, Half and BFloat16 data
+    for (; r + 8 <= rows; r += 8) rows_dot_8<HasY>(x + r * stride, stride, y, n, scale, out + r);
+  }
+#endif
+  for (; r + kRows <= rows; r += kRows) rows_dot_block<HasY, kRows>(x + r * stride, stride, y, n, scale, out + r);
+  for (; r < rows; ++r) rows_dot_block<HasY, 1>(x + r * stride, stride, y, n, scale, out + r);
+}
+
+// out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for `rows` rows of n
+// elements. A row longer than kSpan is summed span by span and the spans' sums added up: blocked
+// summation, whose rounding error grows with sqrt(kSpan) + n / kSpan rather than with n, so that
+// float32 sums keep float32 accuracy over millions of positions.
+template <bool HasY, typename acc_t, typename scalar_t, typename out_t>
+void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, int64_t n, acc_t scale, out_t* out) {
+  if (n <= kSpan) return rows_dot_short<HasY>(x, stride, y, rows, n, scale, out);
+  std::vector<acc_t> span(rows), total(rows, acc_t(0));
+  for (int64_t i0 = 0; i0 < n; i0 += kSpan) {
+    rows_dot_short<HasY>(x + i0, stride, HasY ? y + i0 : y, rows, std::min(kSpan, n - i0), acc_t(1), span.data());
+    for (int64_t r = 0; r < rows; ++r) total[r] += span[r];
+  }
+  for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<out_t>(total[r] * scale);
+}
+
+// out[i] += sum_r w[r] * x[r * stride + i], for i < n.
+template <int64_t R, typename acc_t, typename scalar_t>
+[[gnu::always_inline]] inline void accumulate_rows(const scalar_t* x, int64_t stride, const acc_t (&w)[R], int64_t n,
+                                                   acc_t* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t v = 0;
+    for (int64_t r = 0; r < R; ++r) v += w[r] * static_cast<acc_t>(x[r * stride + i]);
+    out[i] += v;
+  }
+}
+
+// out[i] += sum_r w[r] * x[r * stride + i] (w = 1 when null), for i < n.
+template <int64_t R, typename acc_t, typename scalar_t>
+[[gnu::always_inline]] inline void rows_axpy_block(const scalar_t* x, int64_t stride, const acc_t* w, int64_t n,
+                                                   acc_t* out) {
+  acc_t wr[R];
+  for (int64_t r = 0; r < R; ++r) wr[r] = w ? w[r] : acc_t(1);
+  over_rows_in_acc<R, acc_t>(x, stride, n, [&](const auto* rows, int64_t row_stride, int64_t i0, int64_t m) {
+    accumulate_rows<R>(rows, row_stride, wr, m, out + i0);
+  });
+}
+
+template <typename acc_t, typename scalar_t>
+void rows_axpy(const scalar_t* x, int64_t stride, const acc_t* w, int64_t rows, int64_t n, acc_t* out) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) rows_axpy_block<kRows>(x + r * stride, stride, w ? w + r : w, n, out);
+  for (; r < rows; ++r) rows_axpy_block<1>(x + r * stride, stride, w ? w + r : w, n, out);
+}
+
+// out[i] = sum_r w[r] * x[r * stride + i] (w = 1 when null), for i < n: rows_axpy into zeros, and
+// for more than kSpanRows rows blocked as rows_dot is (spans of rows summed apart, then added).
+template <typename acc_t, typename scalar_t>
+void rows_sum(const scalar_t* x, int64_t stride, const acc_t* w, int64_t rows, int64_t n, acc_t* out) {
+  std::fill(out, out + n, acc_t(0));
+  if (rows <= kSpanRows) return rows_axpy(x, stride, w, rows, n, out);
+  std::vector<acc_t> span(n);
+  for (int64_t r0 = 0; r0 < rows; r0 += kSpanRows) {
+    std::fill(span.begin(), span.end(), acc_t(0));
+    rows_axpy(x + r0 * stride, stride, w ? w + r0 : w, std::min(kSpanRows, rows - r0), n, span.data());
+    for (int64_t i = 0; i < n; ++i) out[i] += span[i];
+  }
+}
+
+// min/max/relu that propagate NaN, as torch.amin/amax/relu do.
+template <typename acc_t>
+acc_t nan_min(acc_t a, acc_t b) { return (a < b || std::isnan(a)) ? a : b; }
+template <typename acc_t>
+acc_t nan_max(acc_t a, acc_t b) { return (a > b || std::isnan(a)) ? a : b; }
+template <typename acc_t>
+acc_t rectify(acc_t v, bool relu) { return (!relu || v > 0 || std::isnan(v)) ? v : acc_t(0); }
+
+template <typename acc_t>
+acc_t normaliser(Normalize norm, acc_t lo, acc_t hi, acc_t eps) {
+  return norm == Normalize::MinMax ? hi - lo + eps : hi + eps;
+}
+
+// Channel block [c0, c1) of an NCHW sample in the forward: w for its channels, its share of s.
+template <typename scalar_t, typename acc_t>
+void forward_channels(int64_t P, const scalar_t* a, const scalar_t* g, int64_t c0, int64_t c1, acc_t* w,
+                      acc_t* s_part) {
+  std::fill(s_part, s_part + P, acc_t(0));
+  rows_dot<false>(g + c0 * P, P, static_cast<const acc_t*>(nullptr), c1 - c0, P, acc_t(1) / P, w + c0);
+  rows_axpy(a + c0 * P, P, w + c0, c1 - c0, P, s_part);
+}
+
+// Position block [p0, p1) of a channels-last sample: its partial sum of G's rows (C values).
+template <typename scalar_t, typename acc_t>
+void sum_positions(int64_t C, const scalar_t* g, int64_t p0, int64_t p1, acc_t* part) {
+  rows_sum(g + p0 * C, C, static_cast<const acc_t*>(nullptr), p1 - p0, C, part);
+}
+
+// out[i] = scale * sum_k parts[k * n + i]: the blocks' partial sums (of s over channel blocks, of
+// w and gw over position blocks), added in block order, in place in parts[0, n).
+template <typename acc_t, typename out_t>
+void combine_blocks(acc_t* parts, int64_t blocks, int64_t n, acc_t scale, out_t* out) {
+  for (int64_t k = 1; k < blocks; ++k) {
+    for (int64_t i = 0; i < n; ++i) parts[i] += parts[k * n + i];
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<out_t>(parts[i] * scale);
+}
+
+// The extremes (min, max) of the rectified scores of one sample, NaN if any score is NaN (as
+// torch.amin/amax). With AVX2, 8 lanes at a time: the scalar loop's compare-and-branch per
+// element cost a tenth of a whole forward at 7x7.
+template <typename acc_t>
+std::array<acc_t, 2> rectified_extremes(int64_t P, const acc_t* s, bool relu) {
+  acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
+  int64_t p = 0;
+#if BATCHCAM_CPU_AVX2
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 lo8 = _mm256_set1_ps(lo), hi8 = _mm256_set1_ps(hi), nan8 = zero;
+    for (; p + 8 <= P; p += 8) {
+      const __m256 v = _mm256_loadu_ps(s + p), nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+      // rectify(v): v where v > 0 or NaN, else 0. min_ps / max_ps(a, b) are a < b ? a : b and
+      // a > b ? a : b, as nan_min / nan_max for numbers; NaN lanes are recorded apart.
+      const __m256 r = relu ? _mm256_blendv_ps(zero, v, _mm256_or_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ), nan)) : v;
+      nan8 = _mm256_or_ps(nan8, nan);
+      lo8 = _mm256_min_ps(lo8, r);
+      hi8 = _mm256_max_ps(hi8, r);
+    }
+    if (_mm256_movemask_ps(nan8) != 0) {
+      const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+      return {nan, nan};
+    }
+    alignas(32) float lows[8], highs[8];
+    _mm256_store_ps(lows, lo8);
+    _mm256_store_ps(highs, hi8);
+    for (int64_t l = 0; l < 8; ++l) {
+      lo = nan_min(lo, lows[l]);
+      hi = nan_max(hi, highs[l]);
+    }
+  }
+#endif
+  for (; p < P; ++p) {
+    const acc_t r = rectify(s[p], relu);
+    lo = nan_min(lo, r);
+    hi = nan_max(hi, r);
+  }
+  return {lo, hi};
+}
+
+// Rectifies and normalises the scores s of one sample into y; ext = the extremes of the rectified s.
+template <typename scalar_t, typename acc_t>
+void finish_sample(int64_t P, const acc_t* s, bool relu, Normalize norm, acc_t eps, acc_t* ext, scalar_t* y) {
+  const auto [lo, hi] = rectified_extremes(P, s, relu);
+  ext[0] = lo;
+  ext[1] = hi;
+  const acc_t shift = norm == Normalize::MinMax ? lo : acc_t(0);
+  const acc_t scale = norm == Normalize::None ? acc_t(1) : acc_t(1) / normaliser(norm, lo, hi, eps);
+  for (int64_t p = 0; p < P; ++p) y[p] = static_cast<scalar_t>((rectify(s[p], relu) - shift) * scale);
+}
+
+// gs for one sample: the gradient of the loss with respect to the scores s.
+template <typename scalar_t, typename acc_t>
+void score_grad_sample(int64_t P, const scalar_t* gy, const acc_t* s, const acc_t* ext, bool relu,
+                       Normalize norm, acc_t eps, acc_t* gs) {
+  const acc_t lo = ext[0], hi = ext[1];
+  acc_t d = 1, g_lo = 0, g_hi = 0;
+  int64_t n_lo = 0, n_hi = 0;
+  if (norm != Normalize::None) {
+    d = normaliser(norm, lo, hi, eps);
+    const acc_t shift = norm == Normalize::MinMax ? lo : acc_t(0);
+    // Sums over up to millions of positions: in double, so float32 keeps float32 rounding at any P.
+    double sum_gy = 0, sum_gy_y = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      const acc_t r = rectify(s[p], relu), g = static_cast<acc_t>(gy[p]);
+      sum_gy += g;
+      sum_gy_y += g * ((r - shift) / d);
+      n_lo += r == lo;
+      n_hi += r == hi;
+    }
+    // d y_p / d hi = -y_p / d;  d y_p / d lo = (y_p - 1) / d  (minmax only)
+    g_hi = static_cast<acc_t>(-sum_gy_y / d / std::max<int64_t>(n_hi, 1));
+    if (norm == Normalize::MinMax) g_lo = static_cast<acc_t>((sum_gy_y - sum_gy) / d / std::max<int64_t>(n_lo, 1));
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    const acc_t r = rectify(s[p], relu);
+    acc_t gr = static_cast<acc_t>(gy[p]) / d;  // a division, as autograd does: exact cancellations stay exact
+    if (r == lo) gr += g_lo;
+    if (r == hi) gr += g_hi;
+    gs[p] = (!relu || s[p] > 0) ? gr : acc_t(0);
+  }
+}
+
+// out[i] = scale * v[i] in scalar_t, for i < n (Half: 8 at a time with F16C, see kConvertInChunks).
+template <typename scalar_t, typename acc_t>
+[[gnu::always_inline]] inline void store_scaled(scalar_t* out, acc_t scale, const acc_t* v, int64_t n) {
+  int64_t i = 0;
+#if BATCHCAM_CPU_AVX2
+  if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+    const __m256 scale8 = _mm256_set1_ps(scale);
+    for (; i + 8 <= n; i += 8) {
+      const __m128i half8 = _mm256_cvtps_ph(_mm256_mul_ps(scale8, _mm256_loadu_ps(v + i)), _MM_FROUND_TO_NEAREST_INT);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), half8);
+    }
+  }
+#endif
+  for (; i < n; ++i) out[i] = static_cast<scalar_t>(scale * v[i]);
+}
+
+// Channel block [c0, c1) of an NCHW sample in the backward, each part only if wanted:
+//   gA[c,p] = w[c] gs[p]  and  gw[c] = 1/P sum_p A[c,p] gs[p]  (gG[c,p] = gw[c] for every p).
+template <typename scalar_t, typename acc_t>
+void backward_channels(int64_t P, const scalar_t* a, const acc_t* w, const acc_t* gs, int64_t c0, int64_t c1,
+                       scalar_t* ga, scalar_t* gw) {
+  if (gw) rows_dot<true>(a + c0 * P, P, gs, c1 - c0, P, acc_t(1) / P, gw + c0);
+  for (int64_t c = c0; ga && c < c1; ++c) store_scaled(ga + c * P, w[c], gs, P);
+}
+
+// Position block [p0, p1) of a channels-last sample in the backward: its rows of gA (if wanted)
+// and its partial sum of gw (C values, if wanted; gw = 1/P sum of the blocks').
+template <typename scalar_t, typename acc_t>
+void backward_positions(int64_t C, const scalar_t* a, const acc_t* w, const acc_t* gs, int64_t p0, int64_t p1,
+                        scalar_t* ga, acc_t* gw_part) {
+  for (int64_t p = p0; ga && p < p1; ++p) store_scaled(ga + p * C, gs[p], w, C);
+  if (!gw_part) return;
+  rows_sum(a + p0 * C, C, gs + p0, p1 - p0, C, gw_part);
+}
+
+// Asks the kernel to back a fresh, still untouched output with 2 MB pages: writing a large
+// gradient otherwise costs one page fault per 4 KB, which on the machines measured here takes
+// longer than computing it. A hint only: nothing changes where transparent huge pages are off.
+void advise_huge_pages(const at::Tensor& fresh) {
+#ifdef __linux__
+  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(fresh.data_ptr());
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + fresh.nbytes()) & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)fresh;
+#endif
+}
+
+// The stages of a pass: fn(b, k, r0, r1) on every block k (rows [r0, r1)) of every sample b, or
+// fn(b) on every sample.
+template <typename Fn>
+struct PerBlock {
+  Fn fn;
+};
+template <typename Fn>
+struct PerSample {
+  Fn fn;
+};
+// C++17 deduces an aggregate's template arguments only through guides (torch 2.11 builds as C++17).
+template <typename Fn>
+PerBlock(Fn) -> PerBlock<Fn>;
+template <typename Fn>
+PerSample(Fn) -> PerSample<Fn>;
+
+template <typename Fn>
+void run_task(const PerBlock<Fn>& stage, int64_t b, int64_t k, int64_t rows, int64_t blocks) {
+  const int64_t per_block = (rows + blocks - 1) / blocks;
+  const int64_t r0 = std::min(k * per_block, rows);
+  stage.fn(b, k, r0, std::min(r0 + per_block, rows));
+}
+
+template <typename Fn>
+void run_task(const PerSample<Fn>& stage, int64_t b, int64_t, int64_t, int64_t) {
+  stage.fn(b);
+}
+
+template <typename Fn>
+void run_stage(const CamShape& shape, int64_t rows, int64_t blocks, const PerBlock<Fn>& stage) {
+  at::parallel_for(0, shape.B * blocks, task_grain(shape.C * shape.P / blocks), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) run_task(stage, task / blocks, task % blocks, rows, blocks);
+  });
+}
+
+template <typename Fn>
+void run_stage(const CamShape& shape, int64_t, int64_t, const PerSample<Fn>& stage) {
+  at::parallel_for(0, shape.B, per_sample_grain(shape), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) stage.fn(b);
+  });
+}
+
+// Runs the stages in order. With one block per sample a task runs every stage of its sample (one
+// parallel region, the sample still in cache); otherwise each stage is a parallel region of its
+// own, since a stage may need every block of the stage before.
+template <typename... Stages>
+void run_stages(const CamShape& shape, int64_t blocks, const Stages&... stages) {
+  const int64_t rows = shape.channels_last ? shape.P : shape.C;
+  if (blocks == 1) {
+    at::parallel_for(0, shape.B, task_grain(shape.C * shape.P), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) (run_task(stages, b, 0, rows, 1), ...);
+    });
+    return;
+  }
+  (run_stage(shape, rows, blocks, stages), ...);
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+CamForwardResult cam_forward(
+    const at::Tensor& activations, const at::Tensor& gradients, bool relu,
+    c10::string_view normalize, double eps, c10::string_view /*gpu_kernel*/) {
+  const Normalize norm = parse_normalize(normalize);
+  const CamShape shape = check_cam_inputs(activations, gradients);
+  const at::Tensor a = to_layout(activations, shape.channels_last);
+  const at::Tensor g = to_layout(gradients, shape.channels_last);
+  auto spatial = activations.sizes().slice(2).vec();
+  spatial.insert(spatial.begin(), shape.B);
+  const auto acc_opts = a.options().dtype(acc_dtype(a.scalar_type()));
+  at::Tensor y = at::empty(spatial, a.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor w = at::empty({shape.B, shape.C}, acc_opts);
+  at::Tensor s = at::empty({shape.B, shape.P}, acc_opts);
+  at::Tensor ext = at::empty({shape.B, 2}, acc_opts);
+  if (y.numel() == 0) return {y, w.zero_(), s, ext.zero_()};
+
+  const int64_t blocks = blocks_per_sample(shape);
+  // Block partial sums: of s over channels (NCHW), of w over positions (channels-last).
+  at::Tensor partials = at::empty({shape.B, blocks, shape.channels_last ? shape.C : shape.P}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = shape.C, P = shape.P, CP = C * P, part_size = partials.size(2);
+    const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
+    const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+    acc_t* w_ptr = w.mutable_data_ptr<acc_t>();
+    acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
+    acc_t* s_ptr = s.mutable_data_ptr<acc_t>();
+    acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
+    scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
+    auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * part_size; };
+    const PerSample finish{[&](int64_t b) {
+      finish_sample(P, s_ptr + b * P, relu, norm, static_cast<acc_t>(eps), ext_ptr + 2 * b, y_ptr + b * P);
+    }};
+    if (!shape.channels_last) {  // rows are channels: w by row sums, s by a weighted sum of rows
+      run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
+                   forward_channels(P, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * C, part(b, k));
+                 }},
+                 PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, P, acc_t(1), s_ptr + b * P); }},
+                 finish);
+      return;
+    }
+    // Rows are positions: w by a sum of rows (every block's before s), s by row dots.
+    run_stages(
+        shape, blocks,
+        PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+          sum_positions(C, g_ptr + b * CP, p0, p1, part(b, k));
+        }},
+        PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, w_ptr + b * C); }},
+        PerBlock{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
+          const scalar_t* a_rows = a_ptr + b * CP + p0 * C;
+          rows_dot<true>(a_rows, C, w_ptr + b * C, p1 - p0, C, acc_t(1), s_ptr + b * P + p0);
+        }},
+        finish);
+  });
+  return {y, w, s, ext};
+}
+
+namespace {
+
+void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& grad_map,
+                  const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes,
+                  bool relu, Normalize norm, double eps, std::optional<at::Tensor>& ga,
+                  std::optional<at::Tensor>& gw) {
+  const at::Tensor gy = grad_map.contiguous();
+  const at::Tensor w = weights.contiguous(), s = scores.contiguous(), ext = extremes.contiguous();
+  at::Tensor gs = at::empty_like(s);
+  const int64_t blocks = blocks_per_sample(shape);
+  // Block partial sums of gw over positions (channels-last).
+  at::Tensor partials = at::empty({shape.channels_last && gw ? shape.B * blocks * shape.C : 0}, gs.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = shape.C, P = shape.P, CP = C * P;
+    const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
+    const acc_t* s_ptr = s.const_data_ptr<acc_t>();
+    const acc_t* ext_ptr = ext.const_data_ptr<acc_t>();
+    acc_t* gs_ptr = gs.mutable_data_ptr<acc_t>();
+    const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
+    const acc_t* w_ptr = w.const_data_ptr<acc_t>();
+    scalar_t* ga_ptr = ga ? ga->mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gw_ptr = gw ? gw->mutable_data_ptr<scalar_t>() : nullptr;
+    acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
+    auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * C; };
+    const PerSample score_grad{[&](int64_t b) {
+      score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm, static_cast<acc_t>(eps),
+                        gs_ptr + b * P);
+    }};
+    if (!shape.channels_last) {
+      run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t, int64_t c0, int64_t c1) {
+                   backward_channels(P, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, c0, c1,
+                                     ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? gw_ptr + b * C : nullptr);
+                 }});
+      return;
+    }
+    // Rows are positions: gA[p,c] = gs[p] w[c]; gw[c] = 1/P sum_p gs[p] A[p,c], summed by blocks.
+    run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                 backward_positions(C, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, p0, p1,
+                                    ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? part(b, k) : nullptr);
+               }},
+               PerSample{[&](int64_t b) {
+                 if (gw_ptr) combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, gw_ptr + b * C);
+               }});
+  });
+}
+
+}  // namespace
+
+CamBackwardResult cam_backward(
+    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
+    const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
+    double eps, c10::string_view /*gpu_kernel*/, std::array<bool, 2> output_mask) {
+  const Normalize norm = parse_normalize(normalize);
+  const CamShape shape = check_cam_inputs(activations, activations);
+  check_saved(shape, grad_map, weights, scores, extremes);
+  const at::Tensor a = to_layout(activations, shape.channels_last);
+  std::optional<at::Tensor> ga, gw;
+  if (output_mask[0]) {
+    ga = at::empty_like(a);
+    advise_huge_pages(*ga);
+  }
+  if (output_mask[1]) gw = at::empty({shape.B, shape.C}, a.options());
+  if (a.numel() != 0 && (output_mask[0] || output_mask[1])) {
+    run_backward(shape, a, grad_map, weights, scores, extremes, relu, norm, eps, ga, gw);
+  }
+  return {ga, gw};
+}
+
+}  // namespace BATCHCAM_CPU_CAPABILITY
+}  // namespace batchcam
