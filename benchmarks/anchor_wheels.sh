@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels of the explain benchmark's anchors (pytorch-grad-cam, Captum, TorchCAM) for a machine
-# without network access, e.g. the lent GPU: written to .whl/ (git-ignored), which gpu_check.sh
-# installs when it is there (device tool: carry [".whl"]). Needs PyPI; the packages' own
+# without network access, e.g. a GPU machine: written to .whl/ (git-ignored; copy it along with
+# the tree), which gpu_check.sh installs when it is there. Needs PyPI; the packages' own
 # dependencies (opencv, matplotlib, scikit-learn, ...) are expected on the target.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,10 @@
-"""Shared by the benchmark scripts: timing, copy bandwidth, the machine record, result files.
+"""Shared by the benchmark scripts: timing, copy bandwidth, the machine record, result data.
 
-Result files are named <script>-<card or cpu>-<date>[-<BATCHCAM_RESULT_TAG>]: a tag keeps a run made
-under other settings (e.g. glibc's MALLOC_* variables) beside the default one. Every variable
-that changes timings (allocator, OpenMP, BLAS threads) is recorded in the file when set.
+Every run appends one record to benchmarks/results/<bench>.jsonl: the machine (card or CPU,
+versions, date, commit), the table (header and rows) and the run's settings, with
+$BATCHCAM_RESULT_TAG as its tag (a run made under other settings, e.g. glibc's MALLOC_*
+variables). Every variable that changes timings (allocator, OpenMP, BLAS threads) is recorded
+when set. `python benchmarks/render.py` turns records into the tables of docs/.
 """
 import datetime
 import functools
@@ -141,7 +143,7 @@ def machine(device):
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    # BATCHCAM_COMMIT: for a copy of the tree whose git metadata is not its own (the device tool's)
+    # BATCHCAM_COMMIT: for a copy of the tree without its git metadata (e.g. copied to a GPU machine)
     commit = (os.environ.get("BATCHCAM_COMMIT") or git("rev-parse", "--short", "HEAD", check=False).strip()
               or "unknown")
     info = {
@@ -174,19 +176,15 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-def write_result(stem, info, header, rows, extra=None, out_dir=None):
-    """Writes <stem>-<device>-<date>[-<tag>].json and .md under benchmarks/results/ (and `out_dir`)."""
-    tag = "cpu" if "threads)" in info["device"] else info["device"].replace("NVIDIA ", "").split()[0]
-    name = "-".join(filter(None, (stem, tag.lower(), info["date"][:10], os.environ.get("BATCHCAM_RESULT_TAG"))))
-    table = markdown_table(header, rows)
-    record = {"machine": info, "header": header, "rows": rows, **(extra or {})}
+def write_result(bench, info, header, rows, extra=None, out_dir=None):
+    """Appends the run's record to <bench>.jsonl under benchmarks/results/ (and `out_dir`);
+    returns its Markdown table and the paths written."""
+    record = {"bench": bench, "tag": os.environ.get("BATCHCAM_RESULT_TAG"), "machine": info, "header": header,
+              "rows": rows, **(extra or {})}
     paths = []
     for folder in filter(None, (RESULTS, out_dir)):
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, name + ".json"), "w") as f:
-            json.dump(record, f, indent=1)
-        with open(os.path.join(folder, name + ".md"), "w") as f:
-            f.write(f"# {stem}\n\n" + "\n".join(f"- {k}: {v}" for k, v in {**info, **(extra or {})}.items())
-                    + "\n\n" + table + "\n")
-        paths.append(os.path.join(folder, name + ".md"))
-    return table, paths
+        paths.append(os.path.join(folder, bench + ".jsonl"))
+        with open(paths[-1], "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return markdown_table(header, rows), paths

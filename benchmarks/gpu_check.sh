@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# One run on a lent GPU (the device tool): build with CUDA, GPU tests, Triton A/B against a base
-# version (when one is given), op benchmark, explain benchmark, Triton launch sweep, in that order
-# of priority. Each stage has its own time limit and a failing stage does not stop the next;
-# result files go to benchmarks/results/ and to $OUT. Without the sweep, about 4 minutes on an
-# H200 (build 47 s, tests 49 s, A/B 16 s, bench_op 75 s, bench_explain 30 s).
+# One run on a GPU machine: build with CUDA, GPU tests, Triton A/B against a base version (when
+# one is given), op benchmark, explain benchmark, Triton launch sweep, in that order of priority.
+# Each stage has its own time limit and a failing stage does not stop the next; result records are
+# appended to benchmarks/results/*.jsonl and to $OUT. Without the sweep, about 4 minutes on an H200.
 #
 #   bash benchmarks/gpu_check.sh
 #   STEPS="build bench_op" bash benchmarks/gpu_check.sh     # a subset
@@ -57,8 +56,8 @@ parallel=()
 run tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
   -rfE > "$OUT/pytest-gpu.txt" 2>&1
 tail -40 "$OUT/pytest-gpu.txt" 2>/dev/null
-[ -f "$TRITON_BASE" ] && run ab_triton 90 "$PY" benchmarks/ab_triton.py --base "$TRITON_BASE" --out "$OUT"
+[ -f "$TRITON_BASE" ] && run ab_triton 90 "$PY" benchmarks/tools/ab_triton.py --base "$TRITON_BASE" --out "$OUT"
 run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
 run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
-run tune 90 "$PY" benchmarks/tune_triton.py --out "$OUT"
+run tune 90 "$PY" benchmarks/tools/tune_triton.py --out "$OUT"
 exit $status

@@ -1,4 +1,4 @@
-"""The C++ sources of the op parse as C++17: torch 2.11 (the lent GPUs' torch) builds extensions as
+"""The C++ sources of the op parse as C++17: torch 2.11 (the GPU machines' torch) builds extensions as
 C++17, torch 2.13 (CI's, whose build checks C++20) as C++20, and code only C++20 accepts (e.g. class
 template argument deduction for aggregates) breaks the GPU build. torch 2.13's own headers use
 C++20 extensions that GCC accepts in C++17 with a warning: those warnings are not errors here."""
