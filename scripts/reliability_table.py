@@ -1,9 +1,9 @@
 """Runs the command-line mistakes and accidents a user can make, each as its own process, and
-prints a Markdown table of what each one does: the exit code and the last line it printed.
+writes docs/reliability.md: what each one does, its exit code and the last line it printed.
 
-    python scripts/reliability_table.py > docs/reliability.md     (about a minute)
+    python scripts/reliability_table.py          (about a minute)
 
-tests/test_reliability.py asserts the same behaviour; this table shows a reader what it looks like.
+tests/test_reliability.py asserts the same behaviour; this page shows a reader what it looks like.
 """
 import os
 import signal
@@ -92,15 +92,40 @@ def cases(tmp):
     ]
 
 
+PAGE = """# Reliability
+
+What the command line does with the mistakes and accidents a user can make: each case below was
+run as its own process by `python scripts/reliability_table.py`, which wrote this page
+(`tests/test_reliability.py` asserts the same behaviour, and more, on every test run).
+
+- Nothing is overwritten unasked: a folder that holds files is refused unless `--resume`
+  (continue the run in it) or `--overwrite` (replace it) is given; no output may replace an input.
+- Output folders are checked before any work.
+- Every error a user can cause ends in one line, `batchcam <command>: error: <what and where>`,
+  with exit code 2 for a bad command line and 1 for a failure while running; `--debug` shows the
+  traceback instead.
+- Checkpoints carry a checksum of their contents, verified on load; a run stops before it saves
+  weights that are not finite.
+
+| case | expected | exit | last line printed |
+|---|---|---|---|
+"""
+
+
 def main():
-    print("| case | expected | exit | last line printed |\n|---|---|---|---|")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case, expected, argv in cases(tmp):
             ckpt = os.path.join(argv[-1], "checkpoint.pt")
             interrupt = (lambda: os.path.exists(ckpt)) if case.startswith("Ctrl-C") else None
             code, line = batchcam(*argv, interrupt_when=interrupt)
             line = line.replace(tmp, "…").replace("|", "\\|") if line else "(nothing on stderr)"
-            print(f"| {case} | {expected} | {code} | `{line}` |", flush=True)
+            rows.append(f"| {case} | {expected} | {code} | `{line}` |")
+            print(rows[-1], flush=True)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "reliability.md")
+    with open(path, "w") as f:
+        f.write(PAGE + "\n".join(rows) + "\n")
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # BATCHCAM_STACK (e.g. "torch==2.11.0 triton==3.6.0 setuptools<82", scripts/check_gpu_stack.sh):
 # requirements that replace those of the same names in requirements.txt.
+echo "setup: Python packages (requirements.txt)"
 if [ -n "${BATCHCAM_STACK:-}" ]; then
   # $BATCHCAM_STACK unquoted: one argument per requirement.
   names="$(printf '%s\n' $BATCHCAM_STACK | sed -E 's/[=<>!~[].*//' | paste -sd '|')"
@@ -20,6 +21,17 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
     || echo "setup: could not install dataset-fashion-mnist; the embedded default data still works"
 fi
-# --no-build-isolation: build against the torch just installed, not a fresh download.
-MAX_JOBS="${MAX_JOBS:-$(nproc)}" python -m pip install -q --disable-pip-version-check \
-    --no-build-isolation -e .
+# The extension is rebuilt only when what it is built from changed: its sources, the build files
+# and torch (a stamp of them is kept beside the build).
+stamp=build/batchcam-build.stamp
+inputs="$(find csrc setup.py pyproject.toml -type f | sort | xargs sha1sum; python -c 'import sys, torch; \
+print(sys.version, torch.__version__)'; command -v nvcc || true; echo "${BATCHCAM_SKIP_CUDA_BUILD:-}")"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && python -c "import batchcam._C" 2>/dev/null; then
+  echo "setup: extension up to date"
+else
+  echo "setup: building the extension (about a minute)"
+  # --no-build-isolation: build against the torch just installed, not a fresh download.
+  MAX_JOBS="${MAX_JOBS:-$(nproc)}" python -m pip install -q --disable-pip-version-check \
+      --no-build-isolation -e .
+  mkdir -p build && printf '%s' "$inputs" > "$stamp"
+fi
