@@ -31,8 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-MINMAX, MAX, NONE = 0, 1, 2
-NORMALIZE_CODES = {"minmax": MINMAX, "max": MAX, "none": NONE}
+# The normalisations' codes, as csrc/cam_definitions.h numbers them (Normalize).
+MINMAX, MAX, NONE = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+NORMALIZE_CODES = {"minmax": MINMAX.value, "max": MAX.value, "none": NONE.value}
 
 
 # --- Kernels ------------------------------------------------------------------------------------
@@ -135,9 +136,9 @@ def _rectify(s, RELU: tl.constexpr):
 @triton.jit
 def _normaliser(lo, hi, eps, NORMALIZE: tl.constexpr):
     """(shift, divisor) of the normalisation y = (r - shift) / divisor."""
-    if NORMALIZE == 0:  # minmax
+    if NORMALIZE == MINMAX:
         return lo, hi - lo + eps
-    if NORMALIZE == 1:  # max
+    if NORMALIZE == MAX:
         return 0.0 * lo, hi + eps
     return 0.0 * lo, 1.0 + 0.0 * lo
 
@@ -201,7 +202,7 @@ def _score_grad_terms(GY, S, EXT, b, P, eps, RELU: tl.constexpr, NORMALIZE: tl.c
     shift, d = _normaliser(lo, hi, eps, NORMALIZE)
     g_lo = 0.0 * lo
     g_hi = 0.0 * lo
-    if NORMALIZE != 2:
+    if NORMALIZE != NONE:
         sum_gy = tl.zeros([BLOCK_P], dtype=ACC)
         sum_gy_y = tl.zeros([BLOCK_P], dtype=ACC)
         n_lo = tl.zeros([BLOCK_P], dtype=tl.int32)
@@ -218,7 +219,7 @@ def _score_grad_terms(GY, S, EXT, b, P, eps, RELU: tl.constexpr, NORMALIZE: tl.c
         total_gy_y = tl.sum(sum_gy_y, axis=0)
         # d * dy_p/dhi = -y_p;  d * dy_p/dlo = y_p - 1 (minmax); ties share evenly
         g_hi = -total_gy_y / tl.maximum(tl.sum(n_hi, axis=0), 1)
-        if NORMALIZE == 0:
+        if NORMALIZE == MINMAX:
             g_lo = (total_gy_y - tl.sum(sum_gy, axis=0)) / tl.maximum(tl.sum(n_lo, axis=0), 1)
     return lo, hi, d, g_lo, g_hi
 

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
-from batchcam.explanation import _per_sample_minmax  # noqa: E402
+from batchcam.explanation import per_sample_minmax  # noqa: E402
 from batchcam.models import build_model  # noqa: E402
 from common import machine, measure_interleaved, write_result  # noqa: E402
 
@@ -45,7 +45,7 @@ def to_input_size(maps, size):
     maps = torch.as_tensor(maps).float()
     if tuple(maps.shape[-2:]) != tuple(size):
         maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
-    return _per_sample_minmax(maps, 1e-7)
+    return per_sample_minmax(maps, 1e-7)
 
 
 def per_sample_loop(model, layer, x, targets):

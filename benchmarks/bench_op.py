@@ -157,7 +157,7 @@ def main():
     gpu = device.type == "cuda"
     if gpu:
         shapes, budget = GPU_SHAPES, args.budget or 0.5
-        kernels = ["triton"] + (["cuda"] if batchcam.ops._cuda_kernels_built() else [])
+        kernels = ["triton"] + (["cuda"] if batchcam.backend.cuda_kernels_built() else [])
     else:
         shapes, budget, kernels = CPU_SHAPES, args.budget or 2.0, ["fused"]
     shapes = shapes[:2] if args.quick else shapes

@@ -45,7 +45,7 @@ fi
 install=("$PY" -m pip install -q --no-build-isolation --no-deps -e .)
 run build 240 "${install[@]}"
 if [ "$last_rc" = 0 ]; then
-  "$PY" -c "import batchcam; assert batchcam.ops._cuda_kernels_built(), 'CUDA kernels not built'" || status=1
+  "$PY" -c "import batchcam; assert batchcam.backend.cuda_kernels_built(), 'CUDA kernels not built'" || status=1
 else
   echo "CUDA build failed: building the CPU extension so that the Triton path still runs"
   run build 120 env BATCHCAM_SKIP_CUDA_BUILD=1 "${install[@]}"

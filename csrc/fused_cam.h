@@ -6,15 +6,15 @@
 
 #include <string_view>
 
+#include "cam_definitions.h"
+
 namespace batchcam {
 
-enum class Normalize { MinMax, Max, None };
-
-inline Normalize parse_normalize(std::string_view name) {
-  if (name == "minmax") return Normalize::MinMax;
-  if (name == "max") return Normalize::Max;
-  if (name == "none") return Normalize::None;
-  TORCH_CHECK(false, "fused_cam: normalize must be 'minmax', 'max' or 'none', got '", name, "'");
+inline Normalize normalize_named(std::string_view name) {
+  Normalize norm = Normalize::MinMax;
+  TORCH_CHECK(parse_normalize(name, norm), "fused_cam: normalize must be 'minmax', 'max' or 'none', got '", name,
+              "'");
+  return norm;
 }
 
 // (B, C, *S) seen as B samples of C x P elements, P = prod(S). Channels-first: element (c, p) of
@@ -51,7 +51,7 @@ inline CamShape check_cam_inputs(const at::Tensor& a, const at::Tensor& g) {
               " and gradients on ", g.device(), " must be on the same device");
   int64_t P = 1;
   for (int64_t d = 2; d < a.dim(); ++d) P *= a.size(d);
-  return {a.size(0), a.size(1), P, !a.is_contiguous() && is_channels_last_dense(a)};
+  return {a.size(0), a.size(1), P, reads_channels_last(a.is_contiguous(), is_channels_last_dense(a))};
 }
 
 // Scores, extremes and weights must be what cam_forward returned for these activations.

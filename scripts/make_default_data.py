@@ -8,7 +8,7 @@ the files). The slice is chosen with a fixed seed, so the script reproduces the 
 """
 import os
 
-from batchcam.data import DEFAULT_DIR, FASHION_MNIST_DIR, _idx_pair, stratified_indices, write_idx
+from batchcam.data import DEFAULT_DIR, FASHION_MNIST_DIR, read_idx_split, stratified_indices, write_idx
 
 SIZES = {"train": 5000, "test": 1000}  # stratified: the same number of images of each class
 NOTICE = """Fashion-MNIST slice (500 training and 100 test images per class), made by
@@ -37,7 +37,7 @@ CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
 def main():
     os.makedirs(DEFAULT_DIR, exist_ok=True)
     for split, size in SIZES.items():
-        images, labels = _idx_pair(FASHION_MNIST_DIR, split)
+        images, labels = read_idx_split(FASHION_MNIST_DIR, split)
         keep = stratified_indices(labels, size, seed=0)
         prefix = "train" if split == "train" else "t10k"
         write_idx(os.path.join(DEFAULT_DIR, f"{prefix}-images-idx3-ubyte.gz"), images[keep])

@@ -35,8 +35,8 @@ def main(capability):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
         data, accum = "*" + dtype, "*" + acc_name
         for (block_c, block_p, one_tile), (wide, stages) in itertools.product(TILES, VARIANTS):
-            tile = {"BLOCK_C": block_c, "BLOCK_P": block_p, "ACC": acc, "WIDE": wide,
-                    "ONE_P_TILE": one_tile, "STAGES": stages, "RELU": True, "NORMALIZE": kernels.MINMAX}
+            tile = {"BLOCK_C": block_c, "BLOCK_P": block_p, "ACC": acc, "WIDE": wide, "ONE_P_TILE": one_tile,
+                    "STAGES": stages, "RELU": True, "NORMALIZE": kernels.NORMALIZE_CODES["minmax"]}
             for finish in (False, True):
                 compile_kernel(kernels._forward_partial_kernel,
                                {"A": data, "G": data, "W": accum, "S_PART": accum, "EXT": accum, "Y": data,

@@ -27,7 +27,8 @@ TINY_ARGS = ["--train-limit", "100", "--test-limit", "50", "--batch-size", "50",
 def finished_run(tmp_path_factory):
     """A finished one-epoch run: its folder and the bytes of each of its files."""
     out = tmp_path_factory.mktemp("run") / "run"
-    train(TrainConfig(epochs=1, out=str(out), **TINY))
+    assert cli_main(["train", "--epochs", "1", *TINY_ARGS, "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "examples.png", "metrics.json"]
     return out, snapshot(out)
 
 
@@ -59,7 +60,7 @@ def test_train_refuses_a_finished_run(finished_run, capsys):
 def test_train_overwrite_replaces_the_run(tmp_path):
     out = tmp_path / "run"
     train(TrainConfig(epochs=2, out=str(out), **TINY))
-    metrics = train(TrainConfig(epochs=1, out=str(out), overwrite=True, **TINY))
+    metrics = train(TrainConfig(epochs=1, out=str(out), overwrite=True, **TINY)).metrics
     assert metrics["epochs"] == 1 and load_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 0
 
 

@@ -29,15 +29,13 @@ def one_thread():
 
 
 def test_resume_gives_the_uninterrupted_result(tmp_path, one_thread):
-    straight = train(TrainConfig(epochs=2, out=str(tmp_path / "a"), **TINY))
+    straight = train(TrainConfig(epochs=2, out=str(tmp_path / "a"), **TINY)).metrics
     train(TrainConfig(epochs=1, out=str(tmp_path / "b"), **TINY))
-    resumed = train(TrainConfig(epochs=2, out=str(tmp_path / "b"), resume=True, **TINY))
+    resumed = train(TrainConfig(epochs=2, out=str(tmp_path / "b"), resume=True, **TINY)).metrics
     for name, value in weights(tmp_path / "a").items():
         assert torch.equal(value, weights(tmp_path / "b")[name]), name
     assert straight["test_accuracy"] == resumed["test_accuracy"]
     assert [h["train_loss"] for h in straight["history"]] == [h["train_loss"] for h in resumed["history"]]
-    for name in ("metrics.json", "examples.png"):
-        assert os.path.getsize(tmp_path / "b" / name) > 0
 
 
 def test_resume_without_checkpoint(tmp_path):
@@ -91,8 +89,8 @@ def test_compile_covers_each_cam_grad(tmp_path, protocol, cam_grad):
         pytest.skip("no maps in the baseline")
     torch._dynamo.reset()
     cfg = dict(epochs=1, protocol=protocol, cam_grad=cam_grad, **{**TINY, "train_limit": 100})
-    eager = train(TrainConfig(out=str(tmp_path / "eager"), **cfg))
-    compiled = train(TrainConfig(out=str(tmp_path / "compiled"), compile=True, **cfg))
+    eager = train(TrainConfig(out=str(tmp_path / "eager"), **cfg)).metrics
+    compiled = train(TrainConfig(out=str(tmp_path / "compiled"), compile=True, **cfg)).metrics
     assert abs(eager["history"][0]["train_loss"] - compiled["history"][0]["train_loss"]) < 1e-3
     for name, value in weights(tmp_path / "eager").items():
         torch.testing.assert_close(weights(tmp_path / "compiled")[name], value, rtol=1e-3, atol=1e-4)
@@ -153,7 +151,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 def test_amp_bf16_trains(tmp_path):
-    metrics = train(TrainConfig(epochs=1, amp=True, out=str(tmp_path), **TINY))
+    metrics = train(TrainConfig(epochs=1, amp=True, out=str(tmp_path), **TINY)).metrics
     assert metrics["history"][0]["train_loss"] > 0 and 0 <= metrics["ssim"] <= 1
 
 

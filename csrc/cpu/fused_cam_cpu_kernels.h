@@ -496,7 +496,7 @@ at::ScalarType acc_dtype(at::ScalarType t) {
 CamForwardResult cam_forward(
     const at::Tensor& activations, const at::Tensor& gradients, bool relu,
     c10::string_view normalize, double eps, c10::string_view /*gpu_kernel*/) {
-  const Normalize norm = parse_normalize(normalize);
+  const Normalize norm = normalize_named(normalize);
   const CamShape shape = check_cam_inputs(activations, gradients);
   const at::Tensor a = to_layout(activations, shape.channels_last);
   const at::Tensor g = to_layout(gradients, shape.channels_last);
@@ -513,7 +513,7 @@ CamForwardResult cam_forward(
   // Block partial sums: of s over channels (NCHW), of w over positions (channels-last).
   at::Tensor partials = at::empty({shape.B, blocks, shape.channels_last ? shape.C : shape.P}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = acc_type<scalar_t>;
     const int64_t C = shape.C, P = shape.P, CP = C * P, part_size = partials.size(2);
     const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
     const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
@@ -563,7 +563,7 @@ void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& 
   // Block partial sums of gw over positions (channels-last).
   at::Tensor partials = at::empty({shape.channels_last && gw ? shape.B * blocks * shape.C : 0}, gs.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = acc_type<scalar_t>;
     const int64_t C = shape.C, P = shape.P, CP = C * P;
     const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
     const acc_t* s_ptr = s.const_data_ptr<acc_t>();
@@ -603,7 +603,7 @@ CamBackwardResult cam_backward(
     const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
     const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
     double eps, c10::string_view /*gpu_kernel*/, std::array<bool, 2> output_mask) {
-  const Normalize norm = parse_normalize(normalize);
+  const Normalize norm = normalize_named(normalize);
   const CamShape shape = check_cam_inputs(activations, activations);
   check_saved(shape, grad_map, weights, scores, extremes);
   const at::Tensor a = to_layout(activations, shape.channels_last);

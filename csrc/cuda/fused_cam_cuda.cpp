@@ -24,11 +24,7 @@ cuda::DType kernel_dtype(at::ScalarType t) {
 }
 
 cuda::CamOptions kernel_options(bool relu, c10::string_view normalize, double eps) {
-  const Normalize norm = parse_normalize(normalize);
-  const auto code = norm == Normalize::MinMax ? cuda::Normalize::MinMax
-                    : norm == Normalize::Max  ? cuda::Normalize::Max
-                                              : cuda::Normalize::None;
-  return {relu, code, eps};
+  return {relu, normalize_named(normalize), eps};
 }
 
 cuda::CamProblem kernel_problem(const CamShape& shape, const at::Tensor& a) {

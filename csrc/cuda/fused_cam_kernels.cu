@@ -28,15 +28,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMinChannelsPerSplit = 32;
 constexpr int kBlocksPerSm = 8;
 
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
 template <typename acc_t, typename T>
 __device__ __forceinline__ acc_t to_acc(T v) {
   return static_cast<acc_t>(v);
@@ -300,7 +291,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const T* a, const ac
 template <typename T>
 cudaError_t forward(const void* a, const void* g, void* y, void* w, void* s, void* ext, void* s_part,
                     const CamProblem& pr, const CamOptions& opt, cudaStream_t stream) {
-  using acc_t = typename AccType<T>::type;
+  using acc_t = acc_type<T>;
   forward_partial_kernel<T, acc_t><<<dim3(pr.B, pr.splits), kThreads, 0, stream>>>(
       static_cast<const T*>(a), static_cast<const T*>(g), static_cast<acc_t*>(w),
       static_cast<acc_t*>(s_part), pr);
@@ -313,7 +304,7 @@ cudaError_t forward(const void* a, const void* g, void* y, void* w, void* s, voi
 template <typename T>
 cudaError_t backward(const void* gy, const void* a, const void* w, const void* s, const void* ext, void* gs,
                      void* ga, void* gw, const CamProblem& pr, const CamOptions& opt, cudaStream_t stream) {
-  using acc_t = typename AccType<T>::type;
+  using acc_t = acc_type<T>;
   score_grad_kernel<T, acc_t><<<pr.B, kThreads, 0, stream>>>(
       static_cast<const T*>(gy), static_cast<const acc_t*>(s), static_cast<const acc_t*>(ext),
       static_cast<acc_t*>(gs), pr, opt);

@@ -6,10 +6,11 @@
 
 #include <cstdint>
 
+#include "../cam_definitions.h"
+
 namespace batchcam::cuda {
 
 enum class DType { Float16, BFloat16, Float32, Float64 };
-enum class Normalize { MinMax = 0, Max = 1, None = 2 };
 
 // B samples of C x P elements. Contiguous: element (c, p) of a sample at c * P + p;
 // channels-last: at p * C + c. Samples are C * P elements apart. The channel reduction of each
@@ -26,8 +27,8 @@ struct CamOptions {
   double eps;
 };
 
-// Number of channel splits per sample for `sm_count` multiprocessors: enough blocks for about
-// four per SM, each split keeping at least kMinChannelsPerSplit channels.
+// Number of channel splits per sample for `sm_count` multiprocessors: enough blocks for
+// kBlocksPerSm per SM, each split keeping at least kMinChannelsPerSplit channels.
 CamProblem make_problem(int64_t B, int64_t C, int64_t P, bool channels_last, int sm_count);
 
 // Forward. Inputs a, g (dtype); outputs y (B, P) in dtype; w (B, C), s (B, P), ext (B, 2) and the

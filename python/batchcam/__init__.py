@@ -1,4 +1,11 @@
-"""batchcam: batched Grad-CAM maps as fused, autograd-aware torch ops (Batch-CAM, arXiv 2510.00664)."""
+"""batchcam: batched Grad-CAM maps as fused, autograd-aware torch ops (Batch-CAM, arXiv 2510.00664).
+
+Layers, each importing only from itself and the layers above it in this list:
+- the op: definitions, backend, ops (checks, fake kernels, dispatch), reference, functional;
+- CAM: capture, cam (BatchCAM), explanation (explain);
+- training: losses, models, data, checkpoints, outputs, devices, training, figures;
+- the command line: cli, explain_cli, bench_cli.
+"""
 from . import ops  # noqa: F401  (registers torch.ops.batchcam.*)
 from .backend import get_backend, set_backend
 from .cam import BatchCAM

@@ -33,7 +33,7 @@ DEFAULT_GPU_KERNEL = "cuda" if cuda_kernels_built() else "triton"
 _backend = None  # None: not chosen yet, BATCHCAM_BACKEND or "fused" on first use
 
 
-def _validate(name):
+def validate_backend(name):
     if name not in BACKENDS:
         raise ValueError(f"batchcam backend must be one of {BACKENDS}, got {name!r}")
     return name
@@ -42,14 +42,14 @@ def _validate(name):
 def set_backend(name: str) -> None:
     """Chooses the backend of every later `batchcam.fused_cam` call (and of graphs compiled later)."""
     global _backend
-    _backend = _validate(name)
+    _backend = validate_backend(name)
 
 
 def get_backend() -> str:
     """The current backend: set_backend's, else $BATCHCAM_BACKEND, else "fused"."""
     if _backend is not None:
         return _backend
-    return _validate(os.environ.get("BATCHCAM_BACKEND", "fused"))
+    return validate_backend(os.environ.get("BATCHCAM_BACKEND", "fused"))
 
 
 def gpu_kernel(backend: str) -> str:

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from .backend import _validate
+from .backend import validate_backend
 from .capture import LayerCapture, check_submodules
 from .functional import fused_cam
 
@@ -66,7 +66,7 @@ class BatchCAM:
         check_submodules(model, [target_layer])
         self.model = model
         self.target_layer = target_layer
-        self.backend = _validate(backend)
+        self.backend = validate_backend(backend)
         self.cam_options = dict(relu=relu, normalize=normalize, eps=eps)
         self._capture = LayerCapture([target_layer])
 

@@ -19,6 +19,7 @@ import sys
 from .backend import BACKENDS
 from .checkpoints import atomic_write_text
 from .data import DATASETS
+from .figures import example_grid
 from .losses import DISTANCES
 from .models import MODELS
 from .outputs import prepare_output_dir
@@ -112,19 +113,34 @@ def compare_table(results):
     return "\n".join(lines)
 
 
+def write_run_files(result, out):
+    """The files of a finished run beside its checkpoint: metrics.json and examples.png."""
+    atomic_write_text(json.dumps(result.metrics, indent=1), os.path.join(out, "metrics.json"))
+    example_grid(result.model, result.test_data, result.prototypes, result.metrics["config"]["backend"],
+                 os.path.join(out, "examples.png"))
+
+
+def run_training(config):
+    """train(config), then its files written by the process that writes them."""
+    result = train(config)
+    if result.writes_files:
+        write_run_files(result, config.out)
+    return result
+
+
 def cmd_train(args):
-    metrics = train(_config(args))
-    if "RANK" not in os.environ or os.environ["RANK"] == "0":
-        print(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "config")}, indent=1))
+    result = run_training(_config(args))
+    if result.writes_files:
+        print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("history", "config")}, indent=1))
 
 
 def cmd_compare(args):
     prepare_output_dir(args.out, overwrite=args.overwrite)
-    results = []
-    for protocol in PROTOCOLS:
-        results.append(train(_config(args, protocol=protocol, out=os.path.join(args.out, protocol))))
-    if "RANK" in os.environ and os.environ["RANK"] != "0":
+    runs = [run_training(_config(args, protocol=protocol, out=os.path.join(args.out, protocol)))
+            for protocol in PROTOCOLS]
+    if not runs[0].writes_files:
         return
+    results = [run.metrics for run in runs]
     table = compare_table(results)
     config = {k: v for k, v in results[0]["config"].items() if k not in ("protocol", "out", "resume", "progress")}
     title = (f"Batch-CAM protocols: {config['model']} on {config['dataset']}, {config['epochs']} epochs, "

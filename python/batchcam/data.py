@@ -82,7 +82,8 @@ class Split:
         return len(self.labels)
 
 
-def _idx_pair(directory, split):
+def read_idx_split(directory, split):
+    """(images, labels) arrays of one split in a folder of MNIST-format IDX files."""
     prefix = "train" if split == "train" else "t10k"
     found = []
     for kind, ndim in (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1)):
@@ -122,16 +123,16 @@ def load_split(dataset: str = "default", split: str = "train", data_dir: str | N
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if data_dir is not None:
-        images, labels = _idx_pair(data_dir, split)
+        images, labels = read_idx_split(data_dir, split)
     elif dataset == "fashion-mnist":
         if not os.path.isdir(FASHION_MNIST_DIR):
             raise FileNotFoundError(f"fashion-mnist: {FASHION_MNIST_DIR} not found; install it with "
                                     "`apt-get install dataset-fashion-mnist`, or pass --data-dir")
-        images, labels = _idx_pair(FASHION_MNIST_DIR, split)
+        images, labels = read_idx_split(FASHION_MNIST_DIR, split)
     elif dataset == "mnist":
         images, labels = _mnist_from_pureml(split)
     else:
-        images, labels = _idx_pair(DEFAULT_DIR, split)
+        images, labels = read_idx_split(DEFAULT_DIR, split)
     labels = np.array(labels, dtype=np.int64)
     where = data_dir or dataset
     if len(labels) and labels.min() < 0:

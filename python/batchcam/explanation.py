@@ -30,7 +30,8 @@ def _as_layers(target_layers):
     return layers
 
 
-def _per_sample_minmax(maps, eps):
+def per_sample_minmax(maps, eps):
+    """Each sample of (B, *S) maps scaled to [0, 1]: (m - min) / (max - min + eps)."""
     lo, hi = torch.aminmax(maps.flatten(1), dim=1)
     shape = (-1,) + (1,) * (maps.dim() - 1)
     return (maps - lo.view(shape)) / (hi - lo + eps).view(shape)
@@ -108,5 +109,5 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
     if len(maps) > 1:
         stacked = torch.stack(maps)
         combined = stacked.mean(0) if combine == "mean" else stacked.amax(0)
-    maps = _per_sample_minmax(combined, eps)
+    maps = per_sample_minmax(combined, eps)
     return (maps, logits.detach()) if return_logits else maps

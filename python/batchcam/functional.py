@@ -3,7 +3,7 @@ maps brought to an image's size."""
 import torch
 from torch.nn import functional as F
 
-from .backend import _validate, get_backend, gpu_kernel
+from .backend import get_backend, gpu_kernel, validate_backend
 from .ops import check_inputs, fused_cam_op
 from .reference import fused_cam_reference
 
@@ -24,7 +24,7 @@ def fused_cam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool 
     Returns:
         (B, *S) maps in the dtype of `activations`, differentiable with respect to both inputs.
     """
-    backend = get_backend() if backend is None else _validate(backend)
+    backend = get_backend() if backend is None else validate_backend(backend)
     if backend == "reference":
         check_inputs(activations, gradients, normalize, eps, relu)
         return fused_cam_reference(activations, gradients, relu, normalize, eps)

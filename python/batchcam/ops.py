@@ -16,7 +16,7 @@ from . import _C  # noqa: F401  (registers the schemas and the CPU kernels)
 from .backend import cuda_kernels_built as _cuda_kernels_built
 from .backend import get_backend
 from .backend import gpu_kernel as kernel_for_backend
-from .reference import NORMALIZE_MODES, accumulation_dtype
+from .definitions import NORMALIZE_MODES, accumulation_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

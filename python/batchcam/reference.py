@@ -6,12 +6,7 @@ Autograd through this composition defines the gradients the fused kernels must g
 """
 import torch
 
-NORMALIZE_MODES = ("minmax", "max", "none")
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other floating dtype is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .definitions import accumulation_dtype
 
 
 def fused_cam_reference(activations, gradients, relu=True, normalize="minmax", eps=1e-7):

@@ -12,12 +12,12 @@ The output folder is checked before any work: one that holds files is refused un
 ends with an atomic checkpoint (`batchcam.checkpoints`); `resume=True` continues from it with the
 same result as an uninterrupted run (the data order of an epoch depends only on the seed and the
 epoch). A NaN or infinite loss, or non-finite weights at the end of an epoch, stop the run with
-`TrainingDiverged`, leaving the last checkpoint whose weights and loss were finite in place. Under `torchrun` the model is
-wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU): each process takes its share of
-every global batch, prototypes and metrics are reduced across processes, and only rank 0 writes.
+`TrainingDiverged`, leaving the last checkpoint whose weights and loss were finite in place.
+Under `torchrun` the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU): each
+process takes its share of every global batch, prototypes and metrics are reduced across
+processes, and only rank 0 writes.
 """
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,10 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .backend import _validate
+from .backend import validate_backend
 from .cam import BatchCAM
-from .checkpoints import (CheckpointError, atomic_write_text, checkpoint_epochs, load_checkpoint, load_into,
-                          save_checkpoint)
+from .checkpoints import CheckpointError, checkpoint_epochs, load_checkpoint, load_into, save_checkpoint
 from .data import Split, load_split, stratified_indices
 from .devices import resolve_device
 from .losses import DISTANCES, BatchCAMLoss, PrototypeLoss, class_prototypes, distance, reconstruct, ssim
@@ -75,7 +74,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        _validate(self.backend)
+        validate_backend(self.backend)
         for name in ("epochs", "batch_size", "train_limit", "test_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -370,8 +369,21 @@ def prepare_run_dir(config: TrainConfig) -> str:
     return ckpt_path
 
 
-def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
-    """Trains (or resumes) one run; returns its metrics (also in <out>/metrics.json)."""
+@dataclass
+class TrainResult:
+    """What a run gives: its metrics (test accuracy, L1 / L2 / SSIM, times, history, config),
+    the trained model, the class prototypes and the test split (for pictures), and whether this
+    process is the one that writes files (the first under torchrun)."""
+
+    metrics: dict
+    model: nn.Module
+    prototypes: torch.Tensor
+    test_data: Split
+    writes_files: bool
+
+
+def train(config: TrainConfig, model: nn.Module | None = None) -> TrainResult:
+    """Trains (or resumes) one run, a checkpoint in config.out after each epoch."""
     config.validate()
     # Under torchrun only the first process writes, so only it checks (the others stop with it).
     ckpt_path = os.path.join(config.out, "checkpoint.pt")
@@ -408,9 +420,4 @@ def train(config: TrainConfig, model: nn.Module | None = None) -> dict:
         "latency_ms": latency_ms(model, x, config, procs), "history": history,
         "config": dataclasses.asdict(config),
     })
-    if procs.main:
-        atomic_write_text(json.dumps(metrics, indent=1), os.path.join(config.out, "metrics.json"))
-        from .figures import example_grid
-
-        example_grid(model, test_data, prototypes, config.backend, os.path.join(config.out, "examples.png"))
-    return metrics
+    return TrainResult(metrics, model, prototypes, test_data, procs.main)
