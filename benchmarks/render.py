@@ -8,8 +8,9 @@ A table in a Markdown file is a marker naming the record, the rendered table, an
 
 `device` (a part of the machine's name) and `commit`, `tag` (a run's BATCHCAM_RESULT_TAG, "none"
 for untagged runs) and any other field of a record (e.g. `dtype=float16`) select records; the last
-one selected, the newest, is rendered; `columns` keeps those columns, in that order. Without a commit the newest run on that device is shown, so
-that a rerun of a benchmark followed by this script updates the docs.
+one selected, the newest, is rendered; `columns` keeps those columns, in that order. Without a
+commit the newest run on that device is shown, so that a rerun of a benchmark followed by this
+script updates the docs.
 
     python benchmarks/render.py            # rewrites docs/*.md and README.md in place
     python benchmarks/render.py --check    # exits 1 if a table differs from its data
