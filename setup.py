@@ -62,7 +62,7 @@ def cxx_flags():
     # -ffp-contract=off: floating-point arithmetic exactly as written (GCC's default in C++ fuses
     # a * b + c into an FMA where it vectorises, so one kernel instantiation could round
     # differently from another); FMAs only where the code asks for them.
-    return cxx + ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
+    return cxx + ["-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
 
 
 def _extension():
@@ -86,5 +86,5 @@ if __name__ == "__main__":
     setup(
         ext_modules=[_extension()],
         cmdclass={"build_ext": BuildExtension},
-        options={"bdist_wheel": {"py_limited_api": "cp39"}},
+        options={"bdist_wheel": {"py_limited_api": "cp310"}},  # requires-python >= 3.10
     )
