@@ -24,6 +24,7 @@ Layout. A sample is read through (stride_c, stride_p): (P, 1) for contiguous inp
 for channels-last ones, so both are read in place. Sample offsets are int64; offsets within a
 sample are int32 (fewer registers) unless one sample has 2^31 elements or more (WIDE).
 """
+import contextlib
 import functools
 import math
 
@@ -375,6 +376,12 @@ def _finish_block(P):
 # --- Entry points: plain functions over tensors -------------------------------------------------
 
 
+def _on_device(device):
+    """`device` made the current CUDA device for the launches (Triton launches on the current
+    device, whatever device the tensors are on); nothing for CPU tensors (the interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _is_channels_last_dense(t):
     return t.movedim(1, -1).is_contiguous()
 
@@ -404,55 +411,57 @@ def _tl_acc(dtype):
 
 def cam_forward(activations, gradients, relu, normalize, eps):
     """Map (B, *S), weights (B, C), scores (B, P) and extremes (B, 2) of `fused_cam`."""
-    channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
-    a = _to_layout(activations, channels_last)
-    g = _to_layout(gradients, channels_last)
-    acc = _acc_dtype(a.dtype)
-    y = torch.empty((B, *a.shape[2:]), dtype=a.dtype, device=a.device)
-    w = torch.empty((B, C), dtype=acc, device=a.device)
-    s = torch.empty((B, P), dtype=acc, device=a.device)
-    ext = torch.empty((B, 2), dtype=acc, device=a.device)
-    if a.numel() == 0:  # no channels (C = 0): the scores are empty sums, so the map is zeros
-        return y.zero_(), w.zero_(), s.zero_(), ext.zero_()
-    block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
-    finish = splits == 1  # one program holds the whole sample's scores: it finishes the map itself
-    s_part = s if finish else torch.empty((B, splits, P), dtype=acc, device=a.device)
-    options = dict(RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], ACC=_tl_acc(a.dtype))
-    _forward_partial_kernel[(B, splits)](
-        a, g, w, s_part, ext, y, C, P, stride_b, stride_c, stride_p, per_split, eps,
-        BLOCK_C=block_c, BLOCK_P=block_p, WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=P <= block_p,
-        STAGES=LOOP_STAGES[channels_last], FINISH=finish, num_warps=warps, **options,
-    )
-    if not finish:
-        _forward_finish_kernel[(B,)](s_part, s, ext, y, splits, P, eps, BLOCK_P=_finish_block(P), num_warps=4,
-                                     **options)
-    return y, w, s, ext
+    with _on_device(activations.device):
+        channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
+        a = _to_layout(activations, channels_last)
+        g = _to_layout(gradients, channels_last)
+        acc = _acc_dtype(a.dtype)
+        y = torch.empty((B, *a.shape[2:]), dtype=a.dtype, device=a.device)
+        w = torch.empty((B, C), dtype=acc, device=a.device)
+        s = torch.empty((B, P), dtype=acc, device=a.device)
+        ext = torch.empty((B, 2), dtype=acc, device=a.device)
+        if a.numel() == 0:  # no channels (C = 0): the scores are empty sums, so the map is zeros
+            return y.zero_(), w.zero_(), s.zero_(), ext.zero_()
+        block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
+        finish = splits == 1  # one program holds the whole sample's scores: it finishes the map itself
+        s_part = s if finish else torch.empty((B, splits, P), dtype=acc, device=a.device)
+        options = dict(RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], ACC=_tl_acc(a.dtype))
+        _forward_partial_kernel[(B, splits)](
+            a, g, w, s_part, ext, y, C, P, stride_b, stride_c, stride_p, per_split, eps,
+            BLOCK_C=block_c, BLOCK_P=block_p, WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=P <= block_p,
+            STAGES=LOOP_STAGES[channels_last], FINISH=finish, num_warps=warps, **options,
+        )
+        if not finish:
+            _forward_finish_kernel[(B,)](s_part, s, ext, y, splits, P, eps, BLOCK_P=_finish_block(P), num_warps=4,
+                                         **options)
+        return y, w, s, ext
 
 
 def cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask):
     """(gA (B, C, *S) or None, gw (B, C) or None): gradients of `fused_cam`'s map with respect to
     the activations and, as per-channel values, the gradients."""
-    channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
-    a = _to_layout(activations, channels_last)
-    ga = torch.empty_like(a) if output_mask[0] else None
-    gw = torch.empty((B, C), dtype=a.dtype, device=a.device) if output_mask[1] else None
-    if a.numel() == 0 or not any(output_mask):
+    with _on_device(activations.device):
+        channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
+        a = _to_layout(activations, channels_last)
+        ga = torch.empty_like(a) if output_mask[0] else None
+        gw = torch.empty((B, C), dtype=a.dtype, device=a.device) if output_mask[1] else None
+        if a.numel() == 0 or not any(output_mask):
+            return ga, gw
+        block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
+        one_p_tile = P <= block_p
+        grad_map, scores, extremes = grad_map.contiguous(), scores.contiguous(), extremes.contiguous()
+        options = dict(RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], ACC=_tl_acc(a.dtype))
+        gs = scores  # not read: with one tile of positions the backward kernel computes gs itself
+        if not one_p_tile:
+            gs = torch.empty_like(scores)
+            _score_grad_kernel[(B,)](grad_map, scores, extremes, gs, P, eps, BLOCK_P=_finish_block(P), num_warps=4,
+                                     **options)
+        _backward_kernel[(B, splits)](
+            a, weights.contiguous(), grad_map, scores, extremes, gs,
+            ga if ga is not None else a, gw if gw is not None else weights,
+            C, P, stride_b, stride_c, stride_p, per_split, eps,
+            WRITE_GA=ga is not None, WRITE_GW=gw is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+            WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=one_p_tile, STAGES=LOOP_STAGES[channels_last],
+            num_warps=warps, **options,
+        )
         return ga, gw
-    block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
-    one_p_tile = P <= block_p
-    grad_map, scores, extremes = grad_map.contiguous(), scores.contiguous(), extremes.contiguous()
-    options = dict(RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], ACC=_tl_acc(a.dtype))
-    gs = scores  # not read: with one tile of positions the backward kernel computes gs itself
-    if not one_p_tile:
-        gs = torch.empty_like(scores)
-        _score_grad_kernel[(B,)](grad_map, scores, extremes, gs, P, eps, BLOCK_P=_finish_block(P), num_warps=4,
-                                 **options)
-    _backward_kernel[(B, splits)](
-        a, weights.contiguous(), grad_map, scores, extremes, gs,
-        ga if ga is not None else a, gw if gw is not None else weights,
-        C, P, stride_b, stride_c, stride_p, per_split, eps,
-        WRITE_GA=ga is not None, WRITE_GW=gw is not None, BLOCK_C=block_c, BLOCK_P=block_p,
-        WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=one_p_tile, STAGES=LOOP_STAGES[channels_last],
-        num_warps=warps, **options,
-    )
-    return ga, gw

@@ -222,14 +222,17 @@ __global__ void __launch_bounds__(kThreads) forward_finish_kernel(const acc_t* s
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kThreads) score_grad_kernel(const T* gy, const acc_t* s, const acc_t* ext,
                                                               acc_t* gs, CamProblem pr, CamOptions opt) {
-  __shared__ acc_t smem[kWarps];
+  // Sums over up to millions of positions in double, tie counts in integers: exact at any P.
+  __shared__ double sums_smem[kWarps];
+  __shared__ long long counts_smem[kWarps];
   const int64_t b = blockIdx.x, P = pr.P;
   const acc_t lo = ext[2 * b], hi = ext[2 * b + 1];
   acc_t shift, d;
   normaliser(opt.normalize, lo, hi, static_cast<acc_t>(opt.eps), shift, d);
   acc_t g_lo = 0, g_hi = 0;
   if (opt.normalize != Normalize::None) {
-    acc_t sum_gy = 0, sum_gy_y = 0, n_lo = 0, n_hi = 0;
+    double sum_gy = 0, sum_gy_y = 0;
+    long long n_lo = 0, n_hi = 0;
     for (int64_t p = threadIdx.x; p < P; p += kThreads) {
       const acc_t r = rectify(s[b * P + p], opt.relu), g = to_acc<acc_t>(gy[b * P + p]);
       sum_gy += g;
@@ -237,13 +240,15 @@ __global__ void __launch_bounds__(kThreads) score_grad_kernel(const T* gy, const
       n_lo += r == lo;
       n_hi += r == hi;
     }
-    sum_gy = block_reduce(sum_gy, Sum{}, smem);
-    sum_gy_y = block_reduce(sum_gy_y, Sum{}, smem);
-    n_lo = block_reduce(n_lo, Sum{}, smem);
-    n_hi = block_reduce(n_hi, Sum{}, smem);
+    sum_gy = block_reduce(sum_gy, Sum{}, sums_smem);
+    sum_gy_y = block_reduce(sum_gy_y, Sum{}, sums_smem);
+    n_lo = block_reduce(n_lo, Sum{}, counts_smem);
+    n_hi = block_reduce(n_hi, Sum{}, counts_smem);
     // d y_p / d hi = -y_p / d;  d y_p / d lo = (y_p - 1) / d  (minmax only)
-    g_hi = -sum_gy_y / d / (n_hi > 1 ? n_hi : acc_t(1));
-    if (opt.normalize == Normalize::MinMax) g_lo = (sum_gy_y - sum_gy) / d / (n_lo > 1 ? n_lo : acc_t(1));
+    g_hi = static_cast<acc_t>(-sum_gy_y / d / (n_hi > 1 ? n_hi : 1));
+    if (opt.normalize == Normalize::MinMax) {
+      g_lo = static_cast<acc_t>((sum_gy_y - sum_gy) / d / (n_lo > 1 ? n_lo : 1));
+    }
   }
   for (int64_t p = threadIdx.x; p < P; p += kThreads) {
     const acc_t sp = s[b * P + p], r = rectify(sp, opt.relu);
