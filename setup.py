@@ -47,6 +47,10 @@ def _use_cuda():
         found = f"nvcc {nvcc[0]}.{nvcc[1]} at {CUDA_HOME}" if nvcc else "no nvcc (set CUDA_HOME)"
         print(f"batchcam: torch is built with CUDA {torch.version.cuda} but {found}: building the CPU kernels only")
         return False
+    if not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
+        print(f"batchcam: no CUDA headers in {CUDA_HOME}/include (set CUDA_HOME to the CUDA toolkit's folder): "
+              "building the CPU kernels only")
+        return False
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
         print(f"batchcam: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for "

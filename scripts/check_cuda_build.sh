@@ -9,9 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-/tmp/batchcam-cuda-build}"
-nvcc="$(command -v nvcc || ls -d /usr/local/cuda*/bin/nvcc 2>/dev/null | sort -V | tail -1 || true)"
-nvcc_home="${CUDA_HOME:-$( [ -n "$nvcc" ] && dirname "$(dirname "$(readlink -f "$nvcc")")" )}"
-[ -x "$nvcc_home/bin/nvcc" ] || { echo "check_cuda_build: needs nvcc (set CUDA_HOME)" >&2; exit 2; }
+# The toolkit: $CUDA_HOME, else the newest /usr/local/cuda-* (nvcc on PATH may be a wrapper script).
+nvcc_home="${CUDA_HOME:-$(ls -d /usr/local/cuda*/ 2>/dev/null | sort -V | tail -1)}"
+nvcc_home="${nvcc_home%/}"
+[ -x "$nvcc_home/bin/nvcc" ] || { echo "check_cuda_build: needs the CUDA toolkit (set CUDA_HOME)" >&2; exit 2; }
 
 echo "check_cuda_build: torch 2.14.1 (CUDA 13.0) in $venv"
 [ -x "$venv/bin/python" ] || python -m venv "$venv"
