@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One run on a GPU machine: build with CUDA, GPU tests, Triton A/B against a base version (when
-# one is given), op benchmark, explain benchmark, Triton launch sweep, in that order of priority.
+# One run on a GPU machine: build with CUDA, GPU tests, compute-sanitizer on small cases, Triton
+# A/B against a base version (when one is given), op, explain and training-step benchmarks, Triton
+# launch sweep, in that order of priority.
 # Each stage has its own time limit and a failing stage does not stop the next; result records are
 # appended to benchmarks/results/*.jsonl and to $OUT. Without the sweep, about 4 minutes on an H200.
 #
@@ -15,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/batchcam-gpu}"
 PY="${PYTHON:-python3}"
-STEPS="${STEPS:-build tests ab_triton bench_op bench_explain tune}"
+STEPS="${STEPS:-build tests sanitize ab_triton bench_op bench_explain bench_train tune}"
 TRITON_BASE="${TRITON_BASE:-.ab/fused_cam.py}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS="$(nproc)" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
@@ -56,8 +57,12 @@ parallel=()
 run tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
   -rfE > "$OUT/pytest-gpu.txt" 2>&1
 tail -40 "$OUT/pytest-gpu.txt" 2>/dev/null
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -1)"
+[ -n "$sanitizer" ] && run sanitize 120 "$sanitizer" --error-exitcode 1 --target-processes all \
+  "$PY" benchmarks/sanitize_cases.py
 [ -f "$TRITON_BASE" ] && run ab_triton 90 "$PY" benchmarks/tools/ab_triton.py --base "$TRITON_BASE" --out "$OUT"
 run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
 run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
+run bench_train 90 "$PY" benchmarks/bench_train.py --device cuda --models simple-cnn --out "$OUT"
 run tune 90 "$PY" benchmarks/tools/tune_triton.py --out "$OUT"
 exit $status
