@@ -1,4 +1,4 @@
-"""Triton kernels of the batched Grad-CAM map, forward and backward (DESIGN.md section 3).
+"""Triton kernels of the batched Grad-CAM map, forward and backward (docs/op.md).
 
 Motivation. The plain-PyTorch composition launches a kernel per line and materialises the
 B x C x P product `w * A`; autograd through it adds as many again. Per sample b, with P spatial
@@ -315,13 +315,12 @@ def _backward_tile(A, gs, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride
 # --- Launch configuration -----------------------------------------------------------------------
 
 # Elements per tile (contiguous, channels-last) and programs per SM the channel splits aim for:
-# benchmarks/tune_triton.py sweeps the tile sizes on a GPU (results/tune_triton-h100-*: 8192 beat
-# 4096 for channels-last 64x256x56x56; programs per SM from 2 to 8 tied in an earlier sweep).
+# Tile sizes and programs per SM as benchmarks/tools/tune_triton.py found best on an H100
+# (benchmarks/results/tune_triton.jsonl).
 TILE_ELEMENTS = {False: 4096, True: 8192}
 PROGRAMS_PER_SM = 4
-# Software-pipelining depth of the tile loops (contiguous, channels-last; 1: none). tune_triton.py
-# on an H100: 3 stages made the channels-last kernels 1.7x (forward) and 2.2x (backward) faster
-# at 64x256x56x56, and the contiguous ones up to 6x slower at 256x2048x7x7.
+# Software-pipelining depth of the tile loops (contiguous, channels-last; 1: none): pipelining helps
+# the channels-last loops and slows the contiguous ones (tune_triton.py, same record).
 LOOP_STAGES = {False: 1, True: 3}
 # Samples of at least this many elements are addressed with int64 offsets within the sample too.
 WIDE_OFFSETS_FROM = 2**31

@@ -3,7 +3,7 @@
 For each shape: forward (no grad) and forward+backward (autograd.grad of the map with respect to
 both inputs), median of many runs (CPU: the candidates run round-robin, one call each per round,
 so the machine's drift spreads over all of them). The bytes floor is 2 passes over B*C*P elements for the
-forward and 5 for forward+backward (DESIGN.md section 3), at the copy bandwidth measured here.
+forward and 5 for forward+backward (docs/op.md), at the copy bandwidth measured here.
 
     python benchmarks/bench_op.py                      # CPU, shapes scaled to 2 cores
     python benchmarks/bench_op.py --repeats 3          # CPU: also the run-to-run range of eager/fused
@@ -18,52 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
-from common import copy_bandwidth, machine, measure_graph, measure_interleaved, write_result  # noqa: E402
-
-# (B, C, H, W, dtype, channels_last): DESIGN.md section 6, plus B = 8 and channels-last on GPU.
-GPU_SHAPES = [
-    (1024, 64, 7, 7, torch.float32, False),
-    (256, 512, 7, 7, torch.float32, False),
-    (256, 2048, 7, 7, torch.float32, False),
-    (64, 256, 56, 56, torch.float32, False),
-    (256, 2048, 7, 7, torch.bfloat16, False),
-    (8, 2048, 14, 14, torch.float32, False),
-    (64, 256, 56, 56, torch.float32, True),
-]
-# The same shape classes at a quarter of the batch (64, 256, 56, 56 at 16), so that the eager
-# forward+backward of the largest fits a few seconds on 2 cores; float16 too (its own CPU path).
-CPU_SHAPES = [
-    (256, 64, 7, 7, torch.float32, False),
-    (64, 512, 7, 7, torch.float32, False),
-    (64, 2048, 7, 7, torch.float32, False),
-    (16, 256, 56, 56, torch.float32, False),
-    (64, 2048, 7, 7, torch.bfloat16, False),
-    (64, 2048, 7, 7, torch.float16, False),
-    (1, 2048, 14, 14, torch.float32, False),
-    (16, 256, 56, 56, torch.float32, True),
-]
-
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
-
-
-def make(shape, device):
-    B, C, H, W, dtype, channels_last = shape
-    gen = torch.Generator(device=device).manual_seed(0)
-    a, g = (torch.randn(B, C, H, W, device=device, dtype=dtype, generator=gen) for _ in range(2))
-    if channels_last:
-        a, g = (t.contiguous(memory_format=torch.channels_last) for t in (a, g))
-    gy = torch.randn(B, H, W, device=device, dtype=dtype, generator=gen)
-    return a, g, gy
-
-
-def forward_and_backward(fn, a, g, gy):
-    a, g = a.requires_grad_(), g.requires_grad_()
-
-    def run():
-        return torch.autograd.grad(fn(a, g), (a, g), gy)
-
-    return run
-
+from common import (CPU_SHAPES, DTYPE_NAMES, GPU_SHAPES, copy_bandwidth, forward_and_backward, machine,  # noqa: E402
+                    make, measure_graph, measure_interleaved, write_result)
 
 def time_shape(shape, device, kernels, budget_s):
     """{(name, pass): seconds} as launched from Python (CPU: the candidates of a pass run

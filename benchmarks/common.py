@@ -22,6 +22,54 @@ REPO = os.path.dirname(os.path.dirname(RESULTS))
 TIMING_VARIABLES = ("MALLOC_", "OMP_", "GOMP_", "KMP_", "OPENBLAS_", "MKL_", "BATCHCAM_BACKEND")
 
 
+# The benchmarks' shapes, (B, C, H, W, dtype, channels_last): typical target layers (ResNet-18 and
+# ResNet-50 at 224x224, an early layer), plus B = 8 and channels-last on GPU.
+GPU_SHAPES = [
+    (1024, 64, 7, 7, torch.float32, False),
+    (256, 512, 7, 7, torch.float32, False),
+    (256, 2048, 7, 7, torch.float32, False),
+    (64, 256, 56, 56, torch.float32, False),
+    (256, 2048, 7, 7, torch.bfloat16, False),
+    (8, 2048, 14, 14, torch.float32, False),
+    (64, 256, 56, 56, torch.float32, True),
+]
+# The same shape classes at a quarter of the batch (64, 256, 56, 56 at 16), so that the eager
+# forward+backward of the largest fits a few seconds on 2 cores; float16 too (its own CPU path).
+CPU_SHAPES = [
+    (256, 64, 7, 7, torch.float32, False),
+    (64, 512, 7, 7, torch.float32, False),
+    (64, 2048, 7, 7, torch.float32, False),
+    (16, 256, 56, 56, torch.float32, False),
+    (64, 2048, 7, 7, torch.bfloat16, False),
+    (64, 2048, 7, 7, torch.float16, False),
+    (1, 2048, 14, 14, torch.float32, False),
+    (16, 256, 56, 56, torch.float32, True),
+]
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+
+
+def make(shape, device):
+    """Random A, G (B, C, H, W) and a map gradient gy (B, H, W) of one benchmark shape."""
+    B, C, H, W, dtype, channels_last = shape
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, g = (torch.randn(B, C, H, W, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    if channels_last:
+        a, g = (t.contiguous(memory_format=torch.channels_last) for t in (a, g))
+    gy = torch.randn(B, H, W, device=device, dtype=dtype, generator=gen)
+    return a, g, gy
+
+
+def forward_and_backward(fn, a, g, gy):
+    """A call of autograd.grad of fn(a, g) with respect to both inputs."""
+    a, g = a.requires_grad_(), g.requires_grad_()
+
+    def run():
+        return torch.autograd.grad(fn(a, g), (a, g), gy)
+
+    return run
+
+
 def measure(fn, device, reps=None, warmup=3, budget_s=2.0):
     """Median time of fn() in seconds.
 

@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN.md section 3 raises a clear error naming the problem."""
+"""Every bad input of the op (docs/op.md) raises a clear error naming the problem."""
 import pytest
 import torch
 

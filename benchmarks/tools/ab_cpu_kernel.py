@@ -21,8 +21,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common, bench_op
-from bench_op import make  # noqa: E402
-from common import git, machine, source_at, write_result  # noqa: E402
+from common import git, machine, make, source_at, write_result  # noqa: E402
 
 # setup.py's cxx_flags for a release build (keep the two alike).
 CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]

@@ -15,8 +15,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common, bench_op
 from batchcam_kernels import fused_cam as current  # noqa: E402
-from bench_op import GPU_SHAPES, make  # noqa: E402
-from common import machine, measure_graph, source_at, write_result  # noqa: E402
+from common import GPU_SHAPES, machine, make, measure_graph, source_at, write_result  # noqa: E402
 
 OPTIONS = (True, "minmax", 1e-7)
 

@@ -31,8 +31,7 @@ from torch.autograd import Variable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common, bench_op
 import batchcam  # noqa: E402
-from bench_op import make  # noqa: E402
-from common import machine, write_result  # noqa: E402
+from common import machine, make, write_result  # noqa: E402
 
 SHAPES = [(256, 64, 7, 7), (64, 512, 7, 7), (64, 2048, 7, 7), (1, 2048, 14, 14), (16, 256, 56, 56)]
 ROUNDS, WARMUP = 100, 5

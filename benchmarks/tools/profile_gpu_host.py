@@ -22,8 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common, bench_op
 import batchcam  # noqa: E402
 from batchcam_kernels import fused_cam as triton_kernels  # noqa: E402
-from bench_op import forward_and_backward, make  # noqa: E402
-from common import host_and_wall, machine, write_result  # noqa: E402
+from common import forward_and_backward, host_and_wall, machine, make, write_result  # noqa: E402
 
 OPTIONS = (True, "minmax", 1e-7)
 

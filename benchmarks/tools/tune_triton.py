@@ -12,8 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common, bench_op
 from batchcam_kernels import fused_cam as kernels  # noqa: E402
-from bench_op import GPU_SHAPES, make  # noqa: E402
-from common import machine, measure, write_result  # noqa: E402
+from common import GPU_SHAPES, machine, make, measure, write_result  # noqa: E402
 
 TILES = (4096, 8192)
 STAGES = (1, 2, 3)

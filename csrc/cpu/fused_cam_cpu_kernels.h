@@ -2,7 +2,7 @@
 // (fused_cam_cpu_baseline.cpp, fused_cam_cpu_avx2.cpp) into the namespace BATCHCAM_CPU_CAPABILITY;
 // fused_cam_cpu.cpp picks one at run time. BATCHCAM_CPU_AVX2 turns on the AVX2/FMA/F16C paths.
 //
-// Forward, per sample b (DESIGN.md section 3), accumulated in acc_t (float, double for double):
+// Forward, per sample b (docs/op.md), accumulated in acc_t (float, double for double):
 //   w[c] = 1/P sum_p G[c,p]        s[p] = sum_c w[c] A[c,p]        r = relu(s)
 //   y    = (r - min r) / (max r - min r + eps)   (or r / (max r + eps), or r)
 // Backward, given gy:
@@ -416,8 +416,7 @@ void backward_positions(int64_t C, const scalar_t* a, const acc_t* w, const acc_
 }
 
 // Asks the kernel to back a fresh, still untouched output with 2 MB pages: writing a large
-// gradient otherwise costs one page fault per 4 KB, which on the machines measured here takes
-// longer than computing it. A hint only: nothing changes where transparent huge pages are off.
+// gradient otherwise costs one page fault per 4 KB, which can take longer than computing it. A hint only: nothing changes where transparent huge pages are off.
 void advise_huge_pages(const at::Tensor& fresh) {
 #ifdef __linux__
   constexpr uintptr_t kHugePage = uintptr_t(2) << 20;

@@ -1,4 +1,4 @@
-// CUDA kernels of fused_cam (DESIGN.md section 3); no torch headers, see fused_cam_kernels.h.
+// CUDA kernels of fused_cam (docs/op.md); no torch headers, see fused_cam_kernels.h.
 //
 // Per sample b, with C channels and P positions, accumulated in acc_t (float; double for double):
 //   w[c] = 1/P sum_p G[c,p]     s[p] = sum_c w[c] A[c,p]     r = relu(s)     y = normalise(r)

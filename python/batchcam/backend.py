@@ -22,12 +22,8 @@ def cuda_kernels_built():
     return torch._C._dispatch_has_kernel_for_dispatch_key("batchcam::cuda_cam_forward", "CUDA")
 
 
-# The GPU kernel of "fused": C++/CUDA where built, else Triton. benchmarks/bench_op.py on an H200
-# (results/bench_op-h200-2026-11-26.md): forward+backward through autograd, as launched from
-# Python, takes less time with C++/CUDA at every shape (1.1x to 3.4x less), its host cost per
-# call being half Triton's or less (results/profile_gpu_host-h200-*). Replayed from a CUDA graph
-# (the kernels alone, what counts when the GPU is the bottleneck), Triton takes less time at 13 of
-# 14 rows, 1.1x to 2.1x less: tens of microseconds against a convolutional network's milliseconds.
+# The GPU kernel of "fused": C++/CUDA where built (less time as launched from Python, its host cost
+# being the lower; docs/performance.md), else Triton.
 DEFAULT_GPU_KERNEL = "cuda" if cuda_kernels_built() else "triton"
 
 _backend = None  # None: not chosen yet, BATCHCAM_BACKEND or "fused" on first use

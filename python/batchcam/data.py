@@ -1,6 +1,6 @@
 """Data: an IDX reader (the MNIST file format), data-set lookup and the embedded default.
 
-Data sets (DESIGN.md section 5), looked up in this order:
+Data sets, looked up in this order:
 - `--data-dir DIR`: the four IDX files (`train-images-idx3-ubyte[.gz]`, ...) of any MNIST-format
   data set;
 - "fashion-mnist": the Debian package `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist);

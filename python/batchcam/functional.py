@@ -36,9 +36,8 @@ def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
     or 3 spatial dims, with half-pixel centres (align_corners=False, as cv2.resize).
 
     The maps go through `F.interpolate` as the B channels of one image rather than as B images of
-    one channel: the same values, faster on CPU, where ATen's kernel vectorises over channels (256
-    maps 7x7 -> 28x28: 2.5x forward, 1.5x forward+backward; 64 maps 7x7 -> 224x224: 1.15x forward,
-    1.5x forward+backward); on CUDA the two layouts run the same loops.
+    one channel: the same values, faster on CPU, where ATen's kernel vectorises over channels
+    (docs/performance.md); on CUDA the two layouts run the same loops.
     """
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[maps.dim() - 1]
     return F.interpolate(maps.unsqueeze(0), size=tuple(size), mode=mode, align_corners=False)[0]

@@ -1,4 +1,4 @@
-"""Batch-CAM losses (DESIGN.md section 1): reconstructions, distances, class prototypes.
+"""Batch-CAM losses (docs/training.md): reconstructions, distances, class prototypes.
 
 The reconstruction of sample b is its image masked by its upsampled map, R_b = up(cam_b) * x_b.
 - PrototypeLoss: mean over the batch of d(R_b, P_{y_b}), P_y the global prototype of class y.
