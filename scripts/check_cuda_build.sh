@@ -29,7 +29,8 @@ echo "check_cuda_build: pip install --no-build-isolation -e . (CUDA_HOME=$nvcc_h
 CUDA_HOME="$nvcc_home" PATH="$nvcc_home/bin:$PATH" MAX_JOBS=2 \
   "$venv/bin/python" -m pip install -v --disable-pip-version-check --no-build-isolation --no-deps -e . \
   > "$venv/build.log" 2>&1 || { tail -40 "$venv/build.log"; exit 1; }
-grep -h "^batchcam: " "$venv/build.log" | sort -u
+# setup.py's own lines (pip -v indents them): the architectures built for.
+grep -E "batchcam: (no GPU|torch is built|no CUDA headers)" "$venv/build.log" | sed 's/^ *//' | sort -u
 grep -q "building the CUDA kernels for" "$venv/build.log"
 "$venv/bin/python" -c "import torch, batchcam; assert batchcam.backend.cuda_kernels_built(), 'no C++/CUDA kernels'; \
 print('check_cuda_build: torch', torch.__version__, '- C++/CUDA kernels registered:', \
