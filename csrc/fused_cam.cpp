@@ -33,13 +33,15 @@ TORCH_LIBRARY(batchcam, m) {
       "cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
       "Tensor extremes, bool relu, str normalize, float eps, str gpu_kernel, bool[2] output_mask) "
       "-> (Tensor?, Tensor?)");
-  // The C++/CUDA kernels, which the CUDA implementation of cam_forward / cam_backward calls when
-  // gpu_kernel == "cuda" (registered only when the extension is built with CUDA).
+  // The Triton kernels (CUDA key, registered from Python: batchcam/ops.py), which the CUDA
+  // implementation of cam_forward / cam_backward calls when gpu_kernel == "triton". Where the
+  // extension is built with CUDA, that implementation is C++ (cuda/fused_cam_cuda.cpp) and runs
+  // the C++/CUDA kernels itself for gpu_kernel == "cuda": no Python below the op's call.
   m.def(
-      "cuda_cam_forward(Tensor activations, Tensor gradients, bool relu, str normalize, "
+      "triton_cam_forward(Tensor activations, Tensor gradients, bool relu, str normalize, "
       "float eps) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
   m.def(
-      "cuda_cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
+      "triton_cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
       "Tensor extremes, bool relu, str normalize, float eps, bool[2] output_mask) "
       "-> (Tensor?, Tensor?)");
   // Which CPU kernels run: "avx2" or "baseline" (chosen at run time, see cpu/fused_cam_cpu.h).

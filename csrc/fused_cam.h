@@ -4,11 +4,17 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string_view>
+#include <tuple>
 
 #include "cam_definitions.h"
 
 namespace batchcam {
+
+// What cam_forward returns (map, weights, scores, extremes) and cam_backward (gA, gw), per schema.
+using CamForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using CamBackwardResult = std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>>;
 
 inline Normalize normalize_named(std::string_view name) {
   Normalize norm = Normalize::MinMax;

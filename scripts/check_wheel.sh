@@ -20,5 +20,5 @@ cp -r tests "$venv/tests"
 cd "$venv"
 "$venv/bin/python" -c "import batchcam, torch; print('check_wheel: batchcam from', batchcam.__file__, \
 '- CPU kernels:', torch.ops.batchcam.cpu_capability())"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_fused_cam.py tests/test_accuracy.py -k "not triton" \
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_fused_cam.py tests/test_kernels.py tests/test_accuracy.py -k "not triton" \
   2>&1 | tail -2

@@ -26,7 +26,9 @@ fi
 stamp=build/batchcam-build.stamp
 inputs="$(find csrc setup.py pyproject.toml -type f | sort | xargs sha1sum; python -c 'import sys, torch; \
 print(sys.version, torch.__version__)'; command -v nvcc || true; echo "${BATCHCAM_SKIP_CUDA_BUILD:-}")"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && python -c "import batchcam._C" 2>/dev/null; then
+# Up to date: the same inputs, and `import batchcam` finds this checkout's package, built.
+here="$(python -c 'import batchcam._C, os; print(os.path.dirname(os.path.realpath(batchcam.__file__)))' 2>/dev/null || true)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ "$here" = "$(pwd -P)/python/batchcam" ]; then
   echo "setup: extension up to date"
 else
   echo "setup: building the extension (about a minute)"

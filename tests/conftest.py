@@ -19,6 +19,21 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if "gpu" not in item.keywords]
 
 
+@pytest.fixture(autouse=True)
+def _triton_interpreter_on_cpu(request):
+    """For the ("cpu", "triton") cases of helpers.BACKENDS, the op's CPU kernels are the Triton
+    ones, interpreted."""
+    params = getattr(request.node, "callspec", None)
+    params = params.params if params else {}
+    if params.get("device") == "cpu" and params.get("backend") == "triton":
+        from helpers import triton_kernels_on_cpu
+
+        with triton_kernels_on_cpu():
+            yield
+    else:
+        yield
+
+
 @pytest.fixture
 def poisoned_empty():
     """Fills every torch.empty (kernels' outputs included) with NaN, so unwritten elements fail."""

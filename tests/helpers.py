@@ -5,11 +5,24 @@ composition run in the kernel's dtype (flash-attention's rule), plus a small dty
 to the magnitude of the result.
 """
 import contextlib
+import functools
 import warnings
 
+import pytest
 import torch
 
+import batchcam
 from batchcam import fused_cam_reference
+
+# The op's implementations the tests run, as (device, backend): the Triton kernels run on CPU in
+# Triton's interpreter (conftest.py), the GPU ones only with a CUDA device.
+BACKENDS = [
+    pytest.param("cpu", "fused", id="cpu"),
+    pytest.param("cpu", "triton", id="cpu-triton-interpreter"),
+] + [
+    pytest.param("cuda", kernel, id=f"cuda-{kernel}", marks=pytest.mark.gpu)
+    for kernel in ("triton", "cuda")
+]
 
 K = 2.0
 # Flags that build the C++ sources as C++17 (torch 2.11's standard) with torch 2.13's headers.
@@ -31,6 +44,11 @@ def make_inputs(shape, dtype=torch.float32, device="cpu", channels_last=False, s
             t = t.movedim(1, -1).contiguous().movedim(-1, 1)
         out.append(t.requires_grad_(requires_grad))
     return out
+
+
+def op_for(backend):
+    """batchcam.fused_cam with `backend` (the device is the inputs')."""
+    return functools.partial(batchcam.fused_cam, backend=backend)
 
 
 def to64(t):

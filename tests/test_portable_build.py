@@ -38,8 +38,8 @@ def test_baseline_kernels_match_reference():
                            env=env, capture_output=True, text=True)
     assert probe.stdout.strip() == "baseline", probe.stderr[-2000:]
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not triton",
-                            os.path.join(ROOT, "tests", "test_fused_cam.py")], env=env, capture_output=True, text=True,
-                           cwd=ROOT)
+                            *(os.path.join(ROOT, "tests", name) for name in ("test_fused_cam.py", "test_kernels.py"))],
+                           env=env, capture_output=True, text=True, cwd=ROOT)
     assert tests.returncode == 0, tests.stdout[-4000:]
     assert re.search(r"\d+ passed", tests.stdout)
 

@@ -44,8 +44,8 @@ def candidates(a, g, gy):
     runs = {
         "triton cam_forward, direct": lambda: triton_kernels.cam_forward(a, g, *OPTIONS),
         "triton cam_backward, direct": lambda: triton_kernels.cam_backward(gy, a, w, s, ext, *OPTIONS, (True, True)),
-        "cuda cam_forward, direct": lambda: ops.cuda_cam_forward(a, g, *OPTIONS),
-        "cuda cam_backward, direct": lambda: ops.cuda_cam_backward(gy, a, w, s, ext, *OPTIONS, [True, True]),
+        "cuda cam_forward, direct": lambda: ops.cam_forward(a, g, *OPTIONS, "cuda"),
+        "cuda cam_backward, direct": lambda: ops.cam_backward(gy, a, w, s, ext, *OPTIONS, "cuda", [True, True]),
     }
     for kernel in ("triton", "cuda"):
         def forward(kernel=kernel):

@@ -27,9 +27,6 @@
 
 namespace batchcam {
 
-using CamForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using CamBackwardResult = std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>>;
-
 #define BATCHCAM_DECLARE_CPU_KERNELS(capability)                                                       \
   namespace capability {                                                                              \
   CamForwardResult cam_forward(const at::Tensor& activations, const at::Tensor& gradients, bool relu,    \

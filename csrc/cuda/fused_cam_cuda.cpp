@@ -1,5 +1,8 @@
-// Torch glue of the CUDA kernels: checks, layout, allocation, device guard, stream and launch
-// check around the launchers of fused_cam_kernels.cu (which know nothing of torch).
+// The CUDA implementation of cam_forward and cam_backward: the C++/CUDA kernels (checks, layout,
+// allocation, device guard, stream and launch check around the launchers of fused_cam_kernels.cu,
+// which know nothing of torch), or the Triton ones through the Python-registered ops
+// triton_cam_forward / triton_cam_backward when the call names gpu_kernel "triton".
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -42,7 +45,7 @@ cuda::CamProblem kernel_problem(const CamShape& shape, const at::Tensor& a) {
                 cudaGetErrorString(err));                                               \
   } while (0)
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_cam_forward(
+CamForwardResult cuda_cam_forward(
     const at::Tensor& activations, const at::Tensor& gradients, bool relu,
     c10::string_view normalize, double eps) {
   const cuda::CamOptions options = kernel_options(relu, normalize, eps);
@@ -68,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_cam_forward(
   return {y, w, s, ext};
 }
 
-std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cuda_cam_backward(
+CamBackwardResult cuda_cam_backward(
     const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
     const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
     double eps, std::array<bool, 2> output_mask) {
@@ -93,11 +96,43 @@ std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>> cuda_cam_backwa
   return {ga, gw};
 }
 
+void check_gpu_kernel(c10::string_view gpu_kernel) {
+  TORCH_CHECK(gpu_kernel == "cuda" || gpu_kernel == "triton",
+              "fused_cam: gpu_kernel must be 'cuda' or 'triton', got '", gpu_kernel, "'");
+}
+
+CamForwardResult cam_forward_cuda(const at::Tensor& activations, const at::Tensor& gradients, bool relu,
+                                  c10::string_view normalize, double eps, c10::string_view gpu_kernel) {
+  check_gpu_kernel(gpu_kernel);
+  if (gpu_kernel == "cuda") return cuda_cam_forward(activations, gradients, relu, normalize, eps);
+  static const auto triton = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("batchcam::triton_cam_forward", "")
+                                 .typed<CamForwardResult(const at::Tensor&, const at::Tensor&, bool,
+                                                         c10::string_view, double)>();
+  return triton.call(activations, gradients, relu, normalize, eps);
+}
+
+CamBackwardResult cam_backward_cuda(const at::Tensor& grad_map, const at::Tensor& activations,
+                                    const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes,
+                                    bool relu, c10::string_view normalize, double eps, c10::string_view gpu_kernel,
+                                    std::array<bool, 2> output_mask) {
+  check_gpu_kernel(gpu_kernel);
+  if (gpu_kernel == "cuda") {
+    return cuda_cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask);
+  }
+  static const auto triton = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("batchcam::triton_cam_backward", "")
+                                 .typed<CamBackwardResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, const at::Tensor&, bool, c10::string_view,
+                                                          double, std::array<bool, 2>)>();
+  return triton.call(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(batchcam, CUDA, m) {
-  m.impl("cuda_cam_forward", &cuda_cam_forward);
-  m.impl("cuda_cam_backward", &cuda_cam_backward);
+  m.impl("cam_forward", &cam_forward_cuda);
+  m.impl("cam_backward", &cam_backward_cuda);
 }
 
 }  // namespace batchcam

@@ -5,7 +5,6 @@
 - "reference": the plain-PyTorch composition (`batchcam.reference`).
 CPU tensors always run the C++ kernel under every backend except "reference".
 """
-import functools
 import os
 
 import torch
@@ -16,10 +15,15 @@ BACKENDS = ("fused", "triton", "cuda", "reference")
 GPU_KERNELS = ("triton", "cuda")
 
 
-@functools.cache  # fixed once batchcam._C is loaded; asked on every call of the C++/CUDA path
-def cuda_kernels_built():
-    """Whether the extension was built with its C++/CUDA kernels (setup.py: torch with CUDA and nvcc)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("batchcam::cuda_cam_forward", "CUDA")
+# Whether batchcam._C registered the CUDA implementation of cam_forward, which it does when built
+# with its C++/CUDA kernels (setup.py: torch with CUDA and nvcc). Read here, on loading _C, before
+# batchcam.ops registers the Python one of an extension built without them.
+_CUDA_KERNELS_BUILT = torch._C._dispatch_has_kernel_for_dispatch_key("batchcam::cam_forward", "CUDA")
+
+
+def cuda_kernels_built() -> bool:
+    """Whether the extension was built with its C++/CUDA kernels."""
+    return _CUDA_KERNELS_BUILT
 
 
 # The GPU kernel of "fused": C++/CUDA where built (less time as launched from Python, its host cost

@@ -1,9 +1,10 @@
 """Python side of the batchcam ops whose schemas csrc/fused_cam.cpp defines: input checks, fake
-kernels, the CUDA implementation (Triton or C++/CUDA) and the public composite
-`torch.ops.batchcam.fused_cam`.
+kernels, the Triton ops (and, in an extension built without CUDA kernels, the CUDA implementation
+of cam_forward / cam_backward) and the public composite `torch.ops.batchcam.fused_cam`.
 
     fused_cam(A, G, relu, normalize, eps)          public, CompositeImplicitAutograd (here):
-      -> cam_forward(A, G, ..., gpu_kernel)[0]     kernels: CPU (C++), CUDA (here);
+      -> cam_forward(A, G, ..., gpu_kernel)[0]     kernels: CPU (C++), CUDA (C++, or here where
+                                                   the extension has no CUDA kernels);
                                                    autograd: csrc/fused_cam_autograd.cpp
            backward: cam_backward(gy, A, w, s, ext, ..., output_mask)
 """
@@ -13,7 +14,7 @@ import numbers
 import torch
 
 from . import _C  # noqa: F401  (registers the schemas and the CPU kernels)
-from .backend import cuda_kernels_built as _cuda_kernels_built
+from .backend import cuda_kernels_built
 from .backend import get_backend
 from .backend import gpu_kernel as kernel_for_backend
 from .definitions import NORMALIZE_MODES, accumulation_dtype
@@ -100,11 +101,30 @@ def _cam_backward_fake(grad_map, activations, weights, scores, extremes, relu, n
     return grad_a, grad_g_channels
 
 
-# --- CUDA: one implementation per op that picks the Triton or the C++/CUDA kernel ---------------
+# --- CUDA ---------------------------------------------------------------------------------------
+# The Triton kernels, as the ops triton_cam_forward / triton_cam_backward. Where the extension was
+# built with its C++/CUDA kernels, the CUDA implementation of cam_forward / cam_backward is C++ and
+# calls these only for gpu_kernel "triton"; otherwise the one below, in Python, runs Triton.
 
 
-def _require_cuda_kernels():
-    if not _cuda_kernels_built():
+def _triton_cam_forward(activations, gradients, relu, normalize, eps):
+    from batchcam_kernels import cam_forward
+
+    return cam_forward(activations, gradients, relu, normalize, eps)
+
+
+def _triton_cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask):
+    from batchcam_kernels import cam_backward
+
+    return cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask)
+
+
+torch.library.impl("batchcam::triton_cam_forward", "CUDA", _triton_cam_forward)
+torch.library.impl("batchcam::triton_cam_backward", "CUDA", _triton_cam_backward)
+
+
+def _require_triton(gpu_kernel):
+    if gpu_kernel == "cuda":
         raise RuntimeError(
             "batchcam backend 'cuda' needs the extension built with CUDA (torch with CUDA and nvcc "
             "found at build time; see setup.py). Use backend 'triton' instead, or rebuild."
@@ -112,26 +132,16 @@ def _require_cuda_kernels():
 
 
 def _cam_forward_cuda(activations, gradients, relu, normalize, eps, gpu_kernel):
-    if gpu_kernel == "cuda":
-        _require_cuda_kernels()
-        return torch.ops.batchcam.cuda_cam_forward(activations, gradients, relu, normalize, eps)
-    from batchcam_kernels import cam_forward
-
-    return cam_forward(activations, gradients, relu, normalize, eps)
+    _require_triton(gpu_kernel)
+    return _triton_cam_forward(activations, gradients, relu, normalize, eps)
 
 
 def _cam_backward_cuda(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
                        gpu_kernel, output_mask):
-    if gpu_kernel == "cuda":
-        _require_cuda_kernels()
-        return torch.ops.batchcam.cuda_cam_backward(
-            grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask
-        )
-    from batchcam_kernels import cam_backward
-
-    return cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps,
-                        output_mask)
+    _require_triton(gpu_kernel)
+    return _triton_cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask)
 
 
-torch.library.impl("batchcam::cam_forward", "CUDA", _cam_forward_cuda)
-torch.library.impl("batchcam::cam_backward", "CUDA", _cam_backward_cuda)
+if not cuda_kernels_built():
+    torch.library.impl("batchcam::cam_forward", "CUDA", _cam_forward_cuda)
+    torch.library.impl("batchcam::cam_backward", "CUDA", _cam_backward_cuda)
