@@ -33,6 +33,5 @@ CUDA_HOME="$nvcc_home" PATH="$nvcc_home/bin:$PATH" MAX_JOBS=2 \
 grep -E "batchcam: (no GPU|torch is built|no CUDA headers)" "$venv/build.log" | sed 's/^ *//' | sort -u
 grep -q "building the CUDA kernels for" "$venv/build.log"
 "$venv/bin/python" -c "import torch, batchcam; assert batchcam.backend.cuda_kernels_built(), 'no C++/CUDA kernels'; \
-print('check_cuda_build: torch', torch.__version__, '- C++/CUDA kernels registered:', \
-torch._C._dispatch_has_kernel_for_dispatch_key('batchcam::cuda_cam_forward', 'CUDA'))"
+print('check_cuda_build: torch', torch.__version__, '- C++/CUDA kernels registered')"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_fused_cam.py tests/test_kernels.py -k "not triton" 2>&1 | tail -2
