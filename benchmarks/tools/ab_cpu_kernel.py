@@ -10,6 +10,7 @@ rounds of repeated calls, after a check that both builds agree.
 
     python benchmarks/tools/ab_cpu_kernel.py --base HEAD~1
     python benchmarks/tools/ab_cpu_kernel.py --base 6789897 --threads 1 --dtype float16 --shape 32,64,7,7
+    python benchmarks/tools/ab_cpu_kernel.py --base HEAD --base-flags=-march=native   # vs a native build
 """
 import argparse
 import os
@@ -31,8 +32,9 @@ SHAPES = [(256, 64, 7, 7, False), (64, 512, 7, 7, False), (64, 2048, 7, 7, False
           (4, 2048, 7, 7, True)]
 
 
-def build(label, commit, workdir):
-    """torch.ops.<namespace> of the schemas and CPU kernels at `commit` (None: the working tree)."""
+def build(label, commit, workdir, extra_flags=()):
+    """torch.ops.<namespace> of the schemas and CPU kernels at `commit` (None: the working tree),
+    with `extra_flags` besides CXX_FLAGS."""
     import shlex
     import sysconfig
 
@@ -42,14 +44,18 @@ def build(label, commit, workdir):
         paths = git("ls-files", "--cached", "--others", "--exclude-standard", "csrc").split()
     else:
         paths = git("ls-tree", "-r", "--name-only", commit, "csrc").split()
-    paths = [p for p in paths if os.path.dirname(p) in ("csrc", "csrc/cpu") and p.endswith((".cpp", ".h"))]
+    # The schemas and the CPU kernels (and every header); not the autograd, which names the ops
+    # of the real library in strings that the renaming does not reach.
+    paths = [p for p in paths if os.path.dirname(p) in ("csrc", "csrc/cpu")
+             and (p.endswith(".h") or p == "csrc/fused_cam.cpp" or p.startswith("csrc/cpu/"))]
     for path in paths:
         target = os.path.join(workdir, label, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         text = open(os.path.join(ROOT, path)).read() if commit is None else source_at(commit, path)
         open(target, "w").write(text)
     namespace = f"batchcam_ab_{label}"
-    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + CXX_FLAGS + [f"-Dbatchcam={namespace}"]
+    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + CXX_FLAGS + list(extra_flags)
+    flags.append(f"-Dbatchcam={namespace}")
     load(name=namespace, sources=[os.path.join(workdir, label, p) for p in paths if p.endswith(".cpp")],
          extra_cflags=flags, extra_ldflags=["-fopenmp"], is_python_module=False,
          build_directory=os.path.join(workdir, label))
@@ -81,6 +87,7 @@ def fastest(calls, runs, rounds=25):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="commit to compare the working tree with")
+    parser.add_argument("--base-flags", default="", help="compiler flags for the base build only (e.g. -march=native)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     parser.add_argument("--shape", action="append", help="B,C,H,W[,nhwc] (repeatable; default: SHAPES)")
@@ -93,7 +100,8 @@ def main():
     base_commit = git("rev-parse", "--short", args.base).strip()
     with tempfile.TemporaryDirectory() as workdir:
         print("building both (about a minute each)", flush=True)
-        builds = {"base": build("base", base_commit, workdir), "this": build("this", None, workdir)}
+        builds = {"base": build("base", base_commit, workdir, args.base_flags.split()),
+                  "this": build("this", None, workdir)}
 
     header = ["shape (B,C,H,W)", "layout", "base fwd us", "this fwd us", "this/base fwd",
               "base bwd us", "this bwd us", "this/base bwd"]
@@ -111,7 +119,7 @@ def main():
         rows.append(row)
         print(" | ".join(row), flush=True)
     info = machine(torch.device("cpu"))
-    notes = {"base": base_commit, "threads": args.threads, "dtype": args.dtype,
+    notes = {"base": base_commit, "base_flags": args.base_flags, "threads": args.threads, "dtype": args.dtype,
              "method": "kernels called directly; fastest of 25 rounds, the two builds in turn"}
     table, paths = write_result("ab_cpu_kernel", info, header, rows, notes, args.out)
     print("\n" + table + "\nwritten: " + ", ".join(paths))
