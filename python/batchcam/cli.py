@@ -20,10 +20,8 @@ from .backend import BACKENDS
 from .checkpoints import atomic_write_text
 from .data import DATASETS
 from .figures import example_grid
-from .losses import DISTANCES
-from .models import MODELS
 from .outputs import prepare_output_dir
-from .training import CAM_GRADS, PROTOCOLS, TrainConfig, train
+from .training import CONFIG_CHOICES, PROTOCOLS, TrainConfig, train
 
 _FIELD_HELP = {
     "model": "simple-cnn | resnet18 | convnext-v2-tiny",
@@ -45,8 +43,7 @@ _FIELD_HELP = {
     "overwrite": "replace the run an existing --out holds",
     "seed": "seed of initialisation, data order and slices (>= 0)",
 }
-_FIELD_CHOICES = {"model": tuple(MODELS), "dataset": DATASETS, "protocol": PROTOCOLS, "optimizer": ("adam", "sgd"),
-                  "distance": DISTANCES, "cam_grad": CAM_GRADS, "backend": BACKENDS}
+_FIELD_CHOICES = {**CONFIG_CHOICES, "dataset": DATASETS, "backend": BACKENDS}
 
 
 def positive_int(text):

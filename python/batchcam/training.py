@@ -39,6 +39,9 @@ from .outputs import prepare_output_dir
 
 PROTOCOLS = ("baseline", "prototype", "batchcam")
 CAM_GRADS = ("second-order", "detached")
+# The allowed values of TrainConfig's fields that name a choice (the backend is checked by batchcam.backend).
+CONFIG_CHOICES = {"model": tuple(MODELS), "protocol": PROTOCOLS, "cam_grad": CAM_GRADS, "distance": DISTANCES,
+                  "optimizer": ("adam", "sgd")}
 
 
 @dataclass
@@ -69,9 +72,7 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self):
-        choices = {"model": tuple(MODELS), "protocol": PROTOCOLS, "cam_grad": CAM_GRADS,
-                   "distance": DISTANCES, "optimizer": ("adam", "sgd")}
-        for name, allowed in choices.items():
+        for name, allowed in CONFIG_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         validate_backend(self.backend)
