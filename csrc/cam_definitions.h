@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string_view>
+#include <type_traits>
 
 namespace batchcam {
 
@@ -18,6 +19,41 @@ constexpr bool parse_normalize(std::string_view name, Normalize& out) {
   else if (name == "none") out = Normalize::None;
   else return false;
   return true;
+}
+
+// Which CAM the op computes (docs/op.md has the formulas). The weight-based methods sum channels
+// weighted by per-channel weights w[c] computed from one channel's row of A and G; the
+// element-wise ones sum a function of A and G at each position.
+enum class Method : int { GradCam = 0, XGradCam = 1, GradCamPP = 2, LayerCam = 3, HiResCam = 4, ElementWise = 5 };
+
+// The method called `name`; false for an unknown name.
+constexpr bool parse_method(std::string_view name, Method& out) {
+  if (name == "gradcam") out = Method::GradCam;
+  else if (name == "xgradcam") out = Method::XGradCam;
+  else if (name == "gradcampp") out = Method::GradCamPP;
+  else if (name == "layercam") out = Method::LayerCam;
+  else if (name == "hirescam") out = Method::HiResCam;
+  else if (name == "elementwise") out = Method::ElementWise;
+  else return false;
+  return true;
+}
+
+constexpr bool is_elementwise(Method m) {
+  return m == Method::LayerCam || m == Method::HiResCam || m == Method::ElementWise;
+}
+
+// fn(std::integral_constant<Method, m>{}): a run-time method as a compile-time one, so that each
+// kernel family takes the method as a template parameter.
+template <typename Fn>
+decltype(auto) with_method(Method m, Fn&& fn) {
+  switch (m) {
+    case Method::XGradCam: return fn(std::integral_constant<Method, Method::XGradCam>{});
+    case Method::GradCamPP: return fn(std::integral_constant<Method, Method::GradCamPP>{});
+    case Method::LayerCam: return fn(std::integral_constant<Method, Method::LayerCam>{});
+    case Method::HiResCam: return fn(std::integral_constant<Method, Method::HiResCam>{});
+    case Method::ElementWise: return fn(std::integral_constant<Method, Method::ElementWise>{});
+    default: return fn(std::integral_constant<Method, Method::GradCam>{});
+  }
 }
 
 // The type arithmetic runs in: float for every data type but double.

@@ -15,35 +15,38 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(batchcam, m) {
-  // Public op: batched Grad-CAM of activations A and their gradients G, both (B, C, *S).
+  // Public op: batched CAM maps of activations A and their gradients G, both (B, C, *S), by
+  // `method` (gradcam, xgradcam, gradcampp, layercam, hirescam, elementwise; cam_methods.h).
   m.def(
       "fused_cam(Tensor activations, Tensor gradients, bool relu=True, "
-      "str normalize=\"minmax\", float eps=1e-7) -> Tensor");
-  // Forward kernel: the map y (B, *S) plus what the backward needs: channel weights w (B, C),
-  // pre-ReLU scores s (B, P) and the extremes (min, max) of the rectified map (B, 2), all in the
-  // accumulation dtype. `gpu_kernel` ("triton" or "cuda") picks the CUDA implementation; CPU
-  // tensors always run the C++ kernel.
+      "str normalize=\"minmax\", float eps=1e-7, str method=\"gradcam\") -> Tensor");
+  // Forward kernel: the map y (B, *S) plus what the backward needs: channel weights w (B, C) of
+  // the weight-based methods ((B, 0) for the element-wise ones), pre-ReLU scores s (B, P) and the
+  // extremes (min, max) of the rectified map (B, 2), all in the accumulation dtype. `gpu_kernel`
+  // ("triton" or "cuda") picks the CUDA implementation; CPU tensors always run the C++ kernel.
   m.def(
       "cam_forward(Tensor activations, Tensor gradients, bool relu, str normalize, float eps, "
-      "str gpu_kernel) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
+      "str method, str gpu_kernel) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
   // Backward kernel, each output only where output_mask says so: grad_activations (B, C, *S) and
-  // the gradient of the gradients, which is constant over the spatial positions and so returned
-  // as its (B, C) values (the caller broadcasts it to (B, C, *S), as autograd's mean backward does).
+  // grad_gradients. Grad-CAM's grad_gradients is constant over the spatial positions and so
+  // returned as its (B, C) values (the caller broadcasts it to (B, C, *S), as autograd's mean
+  // backward does; `gradients` is not read); every other method's is (B, C, *S), in the layout
+  // of grad_activations.
   m.def(
-      "cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
-      "Tensor extremes, bool relu, str normalize, float eps, str gpu_kernel, bool[2] output_mask) "
-      "-> (Tensor?, Tensor?)");
+      "cam_backward(Tensor grad_map, Tensor activations, Tensor gradients, Tensor weights, "
+      "Tensor scores, Tensor extremes, bool relu, str normalize, float eps, str method, "
+      "str gpu_kernel, bool[2] output_mask) -> (Tensor?, Tensor?)");
   // The Triton kernels (CUDA key, registered from Python: batchcam/ops.py), which the CUDA
   // implementation of cam_forward / cam_backward calls when gpu_kernel == "triton". Where the
   // extension is built with CUDA, that implementation is C++ (cuda/fused_cam_cuda.cpp) and runs
   // the C++/CUDA kernels itself for gpu_kernel == "cuda": no Python below the op's call.
   m.def(
       "triton_cam_forward(Tensor activations, Tensor gradients, bool relu, str normalize, "
-      "float eps) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
+      "float eps, str method) -> (Tensor map, Tensor weights, Tensor scores, Tensor extremes)");
   m.def(
-      "triton_cam_backward(Tensor grad_map, Tensor activations, Tensor weights, Tensor scores, "
-      "Tensor extremes, bool relu, str normalize, float eps, bool[2] output_mask) "
-      "-> (Tensor?, Tensor?)");
+      "triton_cam_backward(Tensor grad_map, Tensor activations, Tensor gradients, Tensor weights, "
+      "Tensor scores, Tensor extremes, bool relu, str normalize, float eps, str method, "
+      "bool[2] output_mask) -> (Tensor?, Tensor?)");
   // Which CPU kernels run: "avx2" or "baseline" (chosen at run time, see cpu/fused_cam_cpu.h).
   m.def("cpu_capability() -> str", &batchcam::cpu_capability);
 }

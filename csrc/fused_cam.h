@@ -8,7 +8,7 @@
 #include <string_view>
 #include <tuple>
 
-#include "cam_definitions.h"
+#include "cam_methods.h"
 
 namespace batchcam {
 
@@ -21,6 +21,19 @@ inline Normalize normalize_named(std::string_view name) {
   TORCH_CHECK(parse_normalize(name, norm), "fused_cam: normalize must be 'minmax', 'max' or 'none', got '", name,
               "'");
   return norm;
+}
+
+inline Method method_named(std::string_view name) {
+  Method method = Method::GradCam;
+  TORCH_CHECK(parse_method(name, method), "fused_cam: method must be 'gradcam', 'xgradcam', 'gradcampp', "
+              "'layercam', 'hirescam' or 'elementwise', got '", name, "'");
+  return method;
+}
+
+// Columns of cam_forward's weights: one per channel for the weight-based methods, none for the
+// element-wise ones.
+inline int64_t weight_columns(Method method, int64_t C) {
+  return is_elementwise(method) ? 0 : C;
 }
 
 // (B, C, *S) seen as B samples of C x P elements, P = prod(S). Channels-first: element (c, p) of
@@ -61,11 +74,11 @@ inline CamShape check_cam_inputs(const at::Tensor& a, const at::Tensor& g) {
 }
 
 // Scores, extremes and weights must be what cam_forward returned for these activations.
-inline void check_saved(const CamShape& shape, const at::Tensor& grad_map, const at::Tensor& w,
+inline void check_saved(const CamShape& shape, Method method, const at::Tensor& grad_map, const at::Tensor& w,
                         const at::Tensor& s, const at::Tensor& ext) {
   TORCH_CHECK(grad_map.numel() == shape.B * shape.P, "fused_cam backward: grad_map has ",
               grad_map.numel(), " elements, expected ", shape.B * shape.P);
-  TORCH_CHECK(w.numel() == shape.B * shape.C && s.numel() == shape.B * shape.P &&
+  TORCH_CHECK(w.numel() == shape.B * weight_columns(method, shape.C) && s.numel() == shape.B * shape.P &&
                   ext.numel() == shape.B * 2,
               "fused_cam backward: saved weights/scores/extremes do not match the activations");
 }

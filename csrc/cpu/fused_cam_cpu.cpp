@@ -31,17 +31,20 @@ bool use_avx2() {
 }
 
 CamForwardResult cam_forward_cpu(const at::Tensor& activations, const at::Tensor& gradients, bool relu,
-                                 c10::string_view normalize, double eps, c10::string_view gpu_kernel) {
+                                 c10::string_view normalize, double eps, c10::string_view method,
+                                 c10::string_view gpu_kernel) {
   auto kernel = use_avx2() ? avx2::cam_forward : baseline::cam_forward;
-  return kernel(activations, gradients, relu, normalize, eps, gpu_kernel);
+  return kernel(activations, gradients, relu, normalize, eps, method, gpu_kernel);
 }
 
 CamBackwardResult cam_backward_cpu(const at::Tensor& grad_map, const at::Tensor& activations,
-                                   const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes,
-                                   bool relu, c10::string_view normalize, double eps, c10::string_view gpu_kernel,
+                                   const at::Tensor& gradients, const at::Tensor& weights, const at::Tensor& scores,
+                                   const at::Tensor& extremes, bool relu, c10::string_view normalize, double eps,
+                                   c10::string_view method, c10::string_view gpu_kernel,
                                    std::array<bool, 2> output_mask) {
   auto kernel = use_avx2() ? avx2::cam_backward : baseline::cam_backward;
-  return kernel(grad_map, activations, weights, scores, extremes, relu, normalize, eps, gpu_kernel, output_mask);
+  return kernel(grad_map, activations, gradients, weights, scores, extremes, relu, normalize, eps, method, gpu_kernel,
+                output_mask);
 }
 
 }  // namespace

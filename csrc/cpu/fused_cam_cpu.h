@@ -27,14 +27,16 @@
 
 namespace batchcam {
 
-#define BATCHCAM_DECLARE_CPU_KERNELS(capability)                                                       \
-  namespace capability {                                                                              \
-  CamForwardResult cam_forward(const at::Tensor& activations, const at::Tensor& gradients, bool relu,    \
-                               c10::string_view normalize, double eps, c10::string_view gpu_kernel);    \
-  CamBackwardResult cam_backward(const at::Tensor& grad_map, const at::Tensor& activations,             \
-                                 const at::Tensor& weights, const at::Tensor& scores,                   \
-                                 const at::Tensor& extremes, bool relu, c10::string_view normalize,      \
-                                 double eps, c10::string_view gpu_kernel, std::array<bool, 2> output_mask); \
+#define BATCHCAM_DECLARE_CPU_KERNELS(capability)                                                          \
+  namespace capability {                                                                                 \
+  CamForwardResult cam_forward(const at::Tensor& activations, const at::Tensor& gradients, bool relu,       \
+                               c10::string_view normalize, double eps, c10::string_view method,            \
+                               c10::string_view gpu_kernel);                                               \
+  CamBackwardResult cam_backward(const at::Tensor& grad_map, const at::Tensor& activations,                \
+                                 const at::Tensor& gradients, const at::Tensor& weights,                   \
+                                 const at::Tensor& scores, const at::Tensor& extremes, bool relu,          \
+                                 c10::string_view normalize, double eps, c10::string_view method,          \
+                                 c10::string_view gpu_kernel, std::array<bool, 2> output_mask);            \
   }
 BATCHCAM_DECLARE_CPU_KERNELS(baseline)
 BATCHCAM_DECLARE_CPU_KERNELS(avx2)

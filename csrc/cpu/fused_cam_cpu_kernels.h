@@ -486,6 +486,163 @@ void run_stages(const CamShape& shape, int64_t blocks, const Stages&... stages) 
   (run_stage(shape, rows, blocks, stages), ...);
 }
 
+// --- The other methods (cam_methods.h): the same stages, with per-element terms -------------------
+// Grad-CAM above has hand-vectorised primitives of its own; the other methods run these, written
+// for GCC to vectorise, with the same blocking (so the same accuracy) and fixed summation order.
+
+// sum_i f(i) for i < n: kLanes interleaved partial sums, span by span (blocked, as rows_dot).
+template <typename acc_t, typename F>
+[[gnu::always_inline]] inline acc_t sum_elements(int64_t n, const F& f) {
+  acc_t total = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += kSpan) {
+    const int64_t m = std::min(kSpan, n - i0);
+    acc_t lanes[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= m; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) lanes[l] += f(i0 + i + l);
+    }
+    for (int64_t l = 0; i < m; ++i, ++l) lanes[l] += f(i0 + i);
+    acc_t span = 0;
+    for (int64_t l = 0; l < kLanes; ++l) span += lanes[l];
+    total += span;
+  }
+  return total;
+}
+
+// out[i] = sum_r f(r, i) for i < n over `rows` rows, row by row along i; spans of kSpanRows rows
+// summed apart, then added (blocked, as rows_sum).
+template <typename acc_t, typename F>
+void sum_rows_by(int64_t rows, int64_t n, const F& f, acc_t* out) {
+  std::fill(out, out + n, acc_t(0));
+  std::vector<acc_t> span(rows > kSpanRows ? n : 0);
+  for (int64_t r0 = 0; r0 < rows; r0 += kSpanRows) {
+    acc_t* into = rows > kSpanRows ? span.data() : out;
+    if (rows > kSpanRows) std::fill(span.begin(), span.end(), acc_t(0));
+    for (int64_t r = r0; r < std::min(r0 + kSpanRows, rows); ++r) {
+      for (int64_t i = 0; i < n; ++i) into[i] += f(r, i);
+    }
+    if (rows > kSpanRows) {
+      for (int64_t i = 0; i < n; ++i) out[i] += span[i];
+    }
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+[[gnu::always_inline]] inline acc_t at(const scalar_t* x, int64_t i) {
+  return static_cast<acc_t>(x[i]);
+}
+
+// w of one channel of a weight-based method from its rows of A and G (n = P elements each).
+template <Method M, typename acc_t, typename scalar_t>
+acc_t channel_weight(int64_t n, const scalar_t* a, const scalar_t* g) {
+  const acc_t S = sum_elements<acc_t>(n, [&](int64_t i) { return at<acc_t>(a, i); });
+  if constexpr (M == Method::XGradCam) {
+    return sum_elements<acc_t>(n, [&](int64_t i) { return at<acc_t>(g, i) * at<acc_t>(a, i); }) /
+           (S + acc_t(kXGradCamEps));
+  } else {
+    return sum_elements<acc_t>(n, [&](int64_t i) { return gradcampp_term(at<acc_t>(g, i), S); });
+  }
+}
+
+// Forward of channel block [c0, c1) of an NCHW sample: w for its channels (weight-based), and its
+// share of s in s_part.
+template <Method M, typename scalar_t, typename acc_t>
+void method_forward_channels(int64_t P, const scalar_t* a, const scalar_t* g, int64_t c0, int64_t c1, acc_t* w,
+                             acc_t* s_part) {
+  if constexpr (is_elementwise(M)) {
+    sum_rows_by(c1 - c0, P, [&](int64_t r, int64_t p) {
+      const int64_t i = (c0 + r) * P + p;
+      return elementwise_term<M>(at<acc_t>(a, i), at<acc_t>(g, i));
+    }, s_part);
+  } else {
+    for (int64_t c = c0; c < c1; ++c) w[c] = channel_weight<M, acc_t>(P, a + c * P, g + c * P);
+    std::fill(s_part, s_part + P, acc_t(0));
+    rows_axpy(a + c0 * P, P, w + c0, c1 - c0, P, s_part);
+  }
+}
+
+// The backward of a weight-based method at one element, given its channel's w, gw = sum_p gs A,
+// S = sum_p A and x: (gA, gG) =
+//   xgradcam   (w gs + x (g - w),  x a)              x = gw / (S + 1e-7)
+//   gradcampp  (w gs + x,          gw dt/dg(g, S))    x = gw dw/dS = -gw sum_p t(G[c,p], S)^2
+template <Method M, typename acc_t>
+[[gnu::always_inline]] inline void weight_method_grads(acc_t a, acc_t g, acc_t gs, acc_t w, acc_t gw, acc_t S,
+                                                       acc_t x, acc_t& ga, acc_t& gg) {
+  if constexpr (M == Method::XGradCam) {
+    ga = w * gs + x * (g - w);
+    gg = x * a;
+  } else {
+    ga = w * gs + x;
+    gg = gw * gradcampp_term_grad(g, S);
+  }
+}
+
+// x of weight_method_grads for a channel whose G row is g (n elements).
+template <Method M, typename acc_t, typename scalar_t>
+acc_t channel_grad_term(int64_t n, const scalar_t* g, acc_t gw, acc_t S) {
+  if constexpr (M == Method::XGradCam) {
+    return gw / (S + acc_t(kXGradCamEps));
+  } else {
+    return -gw * sum_elements<acc_t>(n, [&](int64_t i) {
+      const acc_t t = gradcampp_term(at<acc_t>(g, i), S);
+      return t * t;
+    });
+  }
+}
+
+// Backward of channel block [c0, c1) of an NCHW sample, gA and gG each only if wanted: element-wise
+// methods gA = gs dh/da, gG = gs dh/dg; weight-based ones as weight_method_grads.
+template <Method M, typename scalar_t, typename acc_t>
+void method_backward_channels(int64_t P, const scalar_t* a, const scalar_t* g, const acc_t* w, const acc_t* gs,
+                              int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gg) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const scalar_t* ar = a + c * P;
+    const scalar_t* gr = g + c * P;
+    acc_t wc = 0, gw = 0, S = 0, x = 0;
+    if constexpr (!is_elementwise(M)) {
+      wc = w[c];
+      S = sum_elements<acc_t>(P, [&](int64_t i) { return at<acc_t>(ar, i); });
+      gw = sum_elements<acc_t>(P, [&](int64_t i) { return gs[i] * at<acc_t>(ar, i); });
+      x = channel_grad_term<M>(P, gr, gw, S);
+    }
+    for (int64_t p = 0; p < P; ++p) {
+      acc_t da, dg;
+      if constexpr (is_elementwise(M)) {
+        elementwise_partials<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), da, dg);
+        da *= gs[p];
+        dg *= gs[p];
+      } else {
+        weight_method_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw, S, x, da, dg);
+      }
+      if (ga) ga[c * P + p] = static_cast<scalar_t>(da);
+      if (gg) gg[c * P + p] = static_cast<scalar_t>(dg);
+    }
+  }
+}
+
+// Backward of position block [p0, p1) of a channels-last sample, given each channel's w, gw, S, x
+// (weight-based methods): its rows of gA and gG, each only if wanted.
+template <Method M, typename scalar_t, typename acc_t>
+void method_backward_positions(int64_t C, const scalar_t* a, const scalar_t* g, const acc_t* w, const acc_t* gw,
+                               const acc_t* S, const acc_t* x, const acc_t* gs, int64_t p0, int64_t p1,
+                               scalar_t* ga, scalar_t* gg) {
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = p * C + c;
+      acc_t da, dg;
+      if constexpr (is_elementwise(M)) {
+        elementwise_partials<M>(at<acc_t>(a, i), at<acc_t>(g, i), da, dg);
+        da *= gs[p];
+        dg *= gs[p];
+      } else {
+        weight_method_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], w[c], gw[c], S[c], x[c], da, dg);
+      }
+      if (ga) ga[i] = static_cast<scalar_t>(da);
+      if (gg) gg[i] = static_cast<scalar_t>(dg);
+    }
+  }
+}
+
 at::ScalarType acc_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -494,8 +651,9 @@ at::ScalarType acc_dtype(at::ScalarType t) {
 
 CamForwardResult cam_forward(
     const at::Tensor& activations, const at::Tensor& gradients, bool relu,
-    c10::string_view normalize, double eps, c10::string_view /*gpu_kernel*/) {
+    c10::string_view normalize, double eps, c10::string_view method_name, c10::string_view /*gpu_kernel*/) {
   const Normalize norm = normalize_named(normalize);
+  const Method method = method_named(method_name);
   const CamShape shape = check_cam_inputs(activations, gradients);
   const at::Tensor a = to_layout(activations, shape.channels_last);
   const at::Tensor g = to_layout(gradients, shape.channels_last);
@@ -503,119 +661,266 @@ CamForwardResult cam_forward(
   spatial.insert(spatial.begin(), shape.B);
   const auto acc_opts = a.options().dtype(acc_dtype(a.scalar_type()));
   at::Tensor y = at::empty(spatial, a.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor w = at::empty({shape.B, shape.C}, acc_opts);
+  at::Tensor w = at::empty({shape.B, weight_columns(method, shape.C)}, acc_opts);
   at::Tensor s = at::empty({shape.B, shape.P}, acc_opts);
   at::Tensor ext = at::empty({shape.B, 2}, acc_opts);
   if (y.numel() == 0) return {y, w.zero_(), s, ext.zero_()};
 
   const int64_t blocks = blocks_per_sample(shape);
-  // Block partial sums: of s over channels (NCHW), of w over positions (channels-last).
-  at::Tensor partials = at::empty({shape.B, blocks, shape.channels_last ? shape.C : shape.P}, acc_opts);
+  // Block partial sums: of s over channels (NCHW); over positions (channels-last) of the one or
+  // two per-channel sums a method's weights need (Grad-CAM++'s S for `stats`, then w).
+  const bool two_sums = method == Method::XGradCam;
+  const int64_t part_size = shape.channels_last ? (two_sums ? 2 : 1) * shape.C : shape.P;
+  at::Tensor partials = at::empty({shape.B, blocks, part_size}, acc_opts);
+  at::Tensor stats = at::empty({method == Method::GradCamPP && shape.channels_last ? shape.B * shape.C : 0}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_forward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const int64_t C = shape.C, P = shape.P, CP = C * P, part_size = partials.size(2);
-    const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
-    const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
-    acc_t* w_ptr = w.mutable_data_ptr<acc_t>();
-    acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
-    acc_t* s_ptr = s.mutable_data_ptr<acc_t>();
-    acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
-    scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
-    auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * part_size; };
-    const PerSample finish{[&](int64_t b) {
-      finish_sample(P, s_ptr + b * P, relu, norm, static_cast<acc_t>(eps), ext_ptr + 2 * b, y_ptr + b * P);
-    }};
-    if (!shape.channels_last) {  // rows are channels: w by row sums, s by a weighted sum of rows
-      run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
-                   forward_channels(P, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * C, part(b, k));
-                 }},
-                 PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, P, acc_t(1), s_ptr + b * P); }},
-                 finish);
-      return;
-    }
-    // Rows are positions: w by a sum of rows (every block's before s), s by row dots.
-    run_stages(
-        shape, blocks,
-        PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
-          sum_positions(C, g_ptr + b * CP, p0, p1, part(b, k));
-        }},
-        PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, w_ptr + b * C); }},
-        PerBlock{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
-          const scalar_t* a_rows = a_ptr + b * CP + p0 * C;
-          rows_dot<true>(a_rows, C, w_ptr + b * C, p1 - p0, C, acc_t(1), s_ptr + b * P + p0);
-        }},
-        finish);
+    with_method(method, [&](auto method_constant) {
+      constexpr Method M = decltype(method_constant)::value;
+      using acc_t = acc_type<scalar_t>;
+      const int64_t C = shape.C, P = shape.P, CP = C * P;
+      const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
+      const scalar_t* g_ptr = g.const_data_ptr<scalar_t>();
+      acc_t* w_ptr = w.mutable_data_ptr<acc_t>();
+      acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
+      acc_t* stats_ptr = stats.mutable_data_ptr<acc_t>();
+      acc_t* s_ptr = s.mutable_data_ptr<acc_t>();
+      acc_t* ext_ptr = ext.mutable_data_ptr<acc_t>();
+      scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
+      auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * part_size; };
+      const PerSample finish{[&](int64_t b) {
+        finish_sample(P, s_ptr + b * P, relu, norm, static_cast<acc_t>(eps), ext_ptr + 2 * b, y_ptr + b * P);
+      }};
+      const PerSample combine_scores{
+          [&](int64_t b) { combine_blocks(part(b, 0), blocks, P, acc_t(1), s_ptr + b * P); }};
+      if (!shape.channels_last) {  // rows are channels: w by row sums, s by a (weighted) sum of rows
+        run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t c0, int64_t c1) {
+                     if constexpr (M == Method::GradCam) {
+                       forward_channels(P, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * C, part(b, k));
+                     } else {
+                       method_forward_channels<M>(P, a_ptr + b * CP, g_ptr + b * CP, c0, c1, w_ptr + b * C,
+                                                  part(b, k));
+                     }
+                   }},
+                   combine_scores, finish);
+        return;
+      }
+      // Rows are positions. Element-wise methods: s by row sums of the terms.
+      if constexpr (is_elementwise(M)) {
+        run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
+                     const scalar_t* ab = a_ptr + b * CP;
+                     const scalar_t* gb = g_ptr + b * CP;
+                     for (int64_t p = p0; p < p1; ++p) {
+                       s_ptr[b * P + p] = sum_elements<acc_t>(C, [&](int64_t c) {
+                         return elementwise_term<M>(at<acc_t>(ab, p * C + c), at<acc_t>(gb, p * C + c));
+                       });
+                     }
+                   }},
+                   finish);
+        return;
+      }
+      // Weight-based methods: w from sums of rows (every block's before s), s by row dots.
+      const PerBlock scores_by_rows{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
+        rows_dot<true>(a_ptr + b * CP + p0 * C, C, w_ptr + b * C, p1 - p0, C, acc_t(1), s_ptr + b * P + p0);
+      }};
+      if constexpr (M == Method::GradCam) {
+        run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                     sum_positions(C, g_ptr + b * CP, p0, p1, part(b, k));
+                   }},
+                   PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, w_ptr + b * C); }},
+                   scores_by_rows, finish);
+      } else if constexpr (M == Method::XGradCam) {  // w = sum_p G A / (sum_p A + 1e-7)
+        run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                     const scalar_t* ab = a_ptr + b * CP + p0 * C;
+                     const scalar_t* gb = g_ptr + b * CP + p0 * C;
+                     sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) {
+                       return at<acc_t>(gb, r * C + c) * at<acc_t>(ab, r * C + c);
+                     }, part(b, k));
+                     sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) { return at<acc_t>(ab, r * C + c); },
+                                 part(b, k) + C);
+                   }},
+                   PerSample{[&](int64_t b) {
+                     acc_t* sums = part(b, 0);
+                     combine_blocks(sums, blocks, 2 * C, acc_t(1), sums);
+                     for (int64_t c = 0; c < C; ++c) w_ptr[b * C + c] = sums[c] / (sums[C + c] + acc_t(kXGradCamEps));
+                   }},
+                   scores_by_rows, finish);
+      } else {  // Grad-CAM++: S = sum_p A first, then w = sum_p t(G, S)
+        run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                     const scalar_t* ab = a_ptr + b * CP + p0 * C;
+                     sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) { return at<acc_t>(ab, r * C + c); },
+                                 part(b, k));
+                   }},
+                   PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1), stats_ptr + b * C); }},
+                   PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                     const scalar_t* gb = g_ptr + b * CP + p0 * C;
+                     const acc_t* S = stats_ptr + b * C;
+                     sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) {
+                       return gradcampp_term(at<acc_t>(gb, r * C + c), S[c]);
+                     }, part(b, k));
+                   }},
+                   PerSample{[&](int64_t b) { combine_blocks(part(b, 0), blocks, C, acc_t(1), w_ptr + b * C); }},
+                   scores_by_rows, finish);
+      }
+    });
   });
   return {y, w, s, ext};
 }
 
 namespace {
 
-void run_backward(const CamShape& shape, const at::Tensor& a, const at::Tensor& grad_map,
-                  const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes,
-                  bool relu, Normalize norm, double eps, std::optional<at::Tensor>& ga,
-                  std::optional<at::Tensor>& gw) {
+// Grad-CAM's backward: gA = w gs and the per-channel gw (docs/op.md), by the primitives above.
+template <typename scalar_t, typename acc_t, typename ScoreGrad, typename Part>
+void gradcam_backward(const CamShape& shape, int64_t blocks, const ScoreGrad& score_grad, const scalar_t* a_ptr,
+                      const acc_t* w_ptr, const acc_t* gs_ptr, scalar_t* ga_ptr, scalar_t* gw_ptr, const Part& part) {
+  const int64_t C = shape.C, P = shape.P, CP = C * P;
+  if (!shape.channels_last) {
+    run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t, int64_t c0, int64_t c1) {
+                 backward_channels(P, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, c0, c1,
+                                   ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? gw_ptr + b * C : nullptr);
+               }});
+    return;
+  }
+  // Rows are positions: gA[p,c] = gs[p] w[c]; gw[c] = 1/P sum_p gs[p] A[p,c], summed by blocks.
+  run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+               backward_positions(C, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, p0, p1,
+                                  ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? part(b, k) : nullptr);
+             }},
+             PerSample{[&](int64_t b) {
+               if (gw_ptr) combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, gw_ptr + b * C);
+             }});
+}
+
+// Every other method's backward (method_backward_channels / _positions). Channels-last weight-based
+// methods first gather each channel's gw, S and x in `stats` (B, 3C): block sums of gs A and A,
+// combined; for Grad-CAM++ block sums of t^2 too.
+template <Method M, typename scalar_t, typename acc_t, typename ScoreGrad, typename Part>
+void method_backward(const CamShape& shape, int64_t blocks, const ScoreGrad& score_grad, const scalar_t* a_ptr,
+                     const scalar_t* g_ptr, const acc_t* w_ptr, const acc_t* gs_ptr, scalar_t* ga_ptr,
+                     scalar_t* gg_ptr, const Part& part, acc_t* stats_ptr) {
+  const int64_t C = shape.C, P = shape.P, CP = C * P;
+  auto ga_of = [&](int64_t b) { return ga_ptr ? ga_ptr + b * CP : nullptr; };
+  auto gg_of = [&](int64_t b) { return gg_ptr ? gg_ptr + b * CP : nullptr; };
+  if (!shape.channels_last) {
+    run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t, int64_t c0, int64_t c1) {
+                 method_backward_channels<M>(P, a_ptr + b * CP, g_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, c0,
+                                             c1, ga_of(b), gg_of(b));
+               }});
+    return;
+  }
+  auto stat = [&](int64_t b, int64_t k) { return stats_ptr + (3 * b + k) * C; };  // gw, S, x
+  const PerBlock write{[&](int64_t b, int64_t, int64_t p0, int64_t p1) {
+    const acc_t* w = is_elementwise(M) ? nullptr : w_ptr + b * C;
+    method_backward_positions<M>(C, a_ptr + b * CP, g_ptr + b * CP, w, stat(b, 0), stat(b, 1), stat(b, 2),
+                                 gs_ptr + b * P, p0, p1, ga_of(b), gg_of(b));
+  }};
+  if constexpr (is_elementwise(M)) {
+    run_stages(shape, blocks, score_grad, write);
+    return;
+  }
+  const PerBlock channel_sums{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+    const scalar_t* ab = a_ptr + b * CP + p0 * C;
+    const acc_t* gs = gs_ptr + b * P + p0;
+    sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) { return gs[r] * at<acc_t>(ab, r * C + c); }, part(b, k));
+    sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) { return at<acc_t>(ab, r * C + c); }, part(b, k) + C);
+  }};
+  const PerSample gather{[&](int64_t b) {
+    combine_blocks(part(b, 0), blocks, 2 * C, acc_t(1), stat(b, 0));  // gw, then S
+    for (int64_t c = 0; c < C && M == Method::XGradCam; ++c) {
+      stat(b, 2)[c] = stat(b, 0)[c] / (stat(b, 1)[c] + acc_t(kXGradCamEps));
+    }
+  }};
+  if constexpr (M == Method::XGradCam) {
+    run_stages(shape, blocks, score_grad, channel_sums, gather, write);
+  } else {  // x = -gw sum_p t(G, S)^2
+    run_stages(shape, blocks, score_grad, channel_sums, gather,
+               PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
+                 const scalar_t* gb = g_ptr + b * CP + p0 * C;
+                 const acc_t* S = stat(b, 1);
+                 sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) {
+                   const acc_t t = gradcampp_term(at<acc_t>(gb, r * C + c), S[c]);
+                   return t * t;
+                 }, part(b, 0) + k * C);  // one sum per channel: the blocks' C sums packed
+               }},
+               PerSample{[&](int64_t b) {
+                 combine_blocks(part(b, 0), blocks, C, acc_t(1), stat(b, 2));
+                 for (int64_t c = 0; c < C; ++c) stat(b, 2)[c] *= -stat(b, 0)[c];
+               }},
+               write);
+  }
+}
+
+void run_backward(const CamShape& shape, Method method, const at::Tensor& a, const at::Tensor& g,
+                  const at::Tensor& grad_map, const at::Tensor& weights, const at::Tensor& scores,
+                  const at::Tensor& extremes, bool relu, Normalize norm, double eps, std::optional<at::Tensor>& ga,
+                  std::optional<at::Tensor>& gg) {
   const at::Tensor gy = grad_map.contiguous();
   const at::Tensor w = weights.contiguous(), s = scores.contiguous(), ext = extremes.contiguous();
   at::Tensor gs = at::empty_like(s);
   const int64_t blocks = blocks_per_sample(shape);
-  // Block partial sums of gw over positions (channels-last).
-  at::Tensor partials = at::empty({shape.channels_last && gw ? shape.B * blocks * shape.C : 0}, gs.options());
+  // Block partial sums over positions (channels-last): of Grad-CAM's gw, or of the other
+  // weight-based methods' two per-channel sums; and those methods' per-channel gw, S, x.
+  const bool weight_sums = shape.channels_last && method != Method::GradCam && !is_elementwise(method);
+  const int64_t part_size = (weight_sums ? 2 : 1) * shape.C;
+  const bool parts = shape.channels_last && ((method == Method::GradCam && gg) || weight_sums);
+  at::Tensor partials = at::empty({parts ? shape.B * blocks * part_size : 0}, gs.options());
+  at::Tensor stats = at::empty({weight_sums ? 3 * shape.B * shape.C : 0}, gs.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cam_backward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const int64_t C = shape.C, P = shape.P, CP = C * P;
-    const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
-    const acc_t* s_ptr = s.const_data_ptr<acc_t>();
-    const acc_t* ext_ptr = ext.const_data_ptr<acc_t>();
-    acc_t* gs_ptr = gs.mutable_data_ptr<acc_t>();
-    const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
-    const acc_t* w_ptr = w.const_data_ptr<acc_t>();
-    scalar_t* ga_ptr = ga ? ga->mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* gw_ptr = gw ? gw->mutable_data_ptr<scalar_t>() : nullptr;
-    acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
-    auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * C; };
-    const PerSample score_grad{[&](int64_t b) {
-      score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm, static_cast<acc_t>(eps),
-                        gs_ptr + b * P);
-    }};
-    if (!shape.channels_last) {
-      run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t, int64_t c0, int64_t c1) {
-                   backward_channels(P, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, c0, c1,
-                                     ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? gw_ptr + b * C : nullptr);
-                 }});
-      return;
-    }
-    // Rows are positions: gA[p,c] = gs[p] w[c]; gw[c] = 1/P sum_p gs[p] A[p,c], summed by blocks.
-    run_stages(shape, blocks, score_grad, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
-                 backward_positions(C, a_ptr + b * CP, w_ptr + b * C, gs_ptr + b * P, p0, p1,
-                                    ga_ptr ? ga_ptr + b * CP : nullptr, gw_ptr ? part(b, k) : nullptr);
-               }},
-               PerSample{[&](int64_t b) {
-                 if (gw_ptr) combine_blocks(part(b, 0), blocks, C, acc_t(1) / P, gw_ptr + b * C);
-               }});
+    with_method(method, [&](auto method_constant) {
+      constexpr Method M = decltype(method_constant)::value;
+      using acc_t = acc_type<scalar_t>;
+      const int64_t P = shape.P;
+      const scalar_t* gy_ptr = gy.const_data_ptr<scalar_t>();
+      const acc_t* s_ptr = s.const_data_ptr<acc_t>();
+      const acc_t* ext_ptr = ext.const_data_ptr<acc_t>();
+      acc_t* gs_ptr = gs.mutable_data_ptr<acc_t>();
+      const scalar_t* a_ptr = a.const_data_ptr<scalar_t>();
+      const acc_t* w_ptr = w.const_data_ptr<acc_t>();
+      scalar_t* ga_ptr = ga ? ga->mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* gg_ptr = gg ? gg->mutable_data_ptr<scalar_t>() : nullptr;
+      acc_t* part_ptr = partials.mutable_data_ptr<acc_t>();
+      auto part = [&](int64_t b, int64_t k) { return part_ptr + (b * blocks + k) * part_size; };
+      const PerSample score_grad{[&](int64_t b) {
+        score_grad_sample(P, gy_ptr + b * P, s_ptr + b * P, ext_ptr + 2 * b, relu, norm, static_cast<acc_t>(eps),
+                          gs_ptr + b * P);
+      }};
+      if constexpr (M == Method::GradCam) {
+        gradcam_backward(shape, blocks, score_grad, a_ptr, w_ptr, gs_ptr, ga_ptr, gg_ptr, part);
+      } else {
+        method_backward<M>(shape, blocks, score_grad, a_ptr, g.const_data_ptr<scalar_t>(), w_ptr, gs_ptr, ga_ptr,
+                           gg_ptr, part, stats.mutable_data_ptr<acc_t>());
+      }
+    });
   });
 }
 
 }  // namespace
 
 CamBackwardResult cam_backward(
-    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
-    const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
-    double eps, c10::string_view /*gpu_kernel*/, std::array<bool, 2> output_mask) {
+    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& gradients,
+    const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes, bool relu,
+    c10::string_view normalize, double eps, c10::string_view method_name, c10::string_view /*gpu_kernel*/,
+    std::array<bool, 2> output_mask) {
   const Normalize norm = normalize_named(normalize);
-  const CamShape shape = check_cam_inputs(activations, activations);
-  check_saved(shape, grad_map, weights, scores, extremes);
+  const Method method = method_named(method_name);
+  const CamShape shape = check_cam_inputs(activations, gradients);
+  check_saved(shape, method, grad_map, weights, scores, extremes);
   const at::Tensor a = to_layout(activations, shape.channels_last);
-  std::optional<at::Tensor> ga, gw;
+  // Grad-CAM's backward does not read the gradients.
+  const at::Tensor g = method == Method::GradCam ? a : to_layout(gradients, shape.channels_last);
+  std::optional<at::Tensor> ga, gg;
   if (output_mask[0]) {
     ga = at::empty_like(a);
     advise_huge_pages(*ga);
   }
-  if (output_mask[1]) gw = at::empty({shape.B, shape.C}, a.options());
-  if (a.numel() != 0 && (output_mask[0] || output_mask[1])) {
-    run_backward(shape, a, grad_map, weights, scores, extremes, relu, norm, eps, ga, gw);
+  if (output_mask[1] && method == Method::GradCam) gg = at::empty({shape.B, shape.C}, a.options());
+  if (output_mask[1] && method != Method::GradCam) {
+    gg = at::empty_like(a);
+    advise_huge_pages(*gg);
   }
-  return {ga, gw};
+  if (a.numel() != 0 && (output_mask[0] || output_mask[1])) {
+    run_backward(shape, method, a, g, grad_map, weights, scores, extremes, relu, norm, eps, ga, gg);
+  }
+  return {ga, gg};
 }
 
 }  // namespace BATCHCAM_CPU_CAPABILITY

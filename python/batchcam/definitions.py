@@ -9,3 +9,9 @@ NORMALIZE_MODES = ("minmax", "max", "none")
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype arithmetic runs in: float64 for float64, float32 for every other floating dtype."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+# The CAM methods (csrc/cam_definitions.h: Method; formulas in csrc/cam_methods.h and docs/op.md):
+# weight-based (a weight per channel, from that channel's A and G) and element-wise.
+WEIGHT_METHODS = ("gradcam", "xgradcam", "gradcampp")
+ELEMENTWISE_METHODS = ("layercam", "hirescam", "elementwise")
+METHODS = WEIGHT_METHODS + ELEMENTWISE_METHODS

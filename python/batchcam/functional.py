@@ -9,8 +9,9 @@ from .reference import fused_cam_reference
 
 
 def fused_cam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool = True,
-              normalize: str = "minmax", eps: float = 1e-7, backend: str | None = None) -> torch.Tensor:
-    """Grad-CAM maps of a whole batch.
+              normalize: str = "minmax", eps: float = 1e-7, method: str = "gradcam",
+              backend: str | None = None) -> torch.Tensor:
+    """CAM maps of a whole batch (Grad-CAM and its family, `method`).
 
     Args:
         activations: (B, C, *S) feature maps of the target layer; float16, bfloat16, float32 or
@@ -19,6 +20,8 @@ def fused_cam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool 
         relu: rectify the weighted sum before normalising.
         normalize: "minmax" ((r - min) / (max - min + eps)), "max" (r / (max + eps)) or "none".
         eps: >= 0, added to the normaliser.
+        method: "gradcam", "xgradcam", "gradcampp" (Grad-CAM++), "layercam", "hirescam" or
+            "elementwise" (formulas: docs/op.md).
         backend: "fused", "triton", "cuda" or "reference"; None uses `batchcam.get_backend()`.
 
     Returns:
@@ -26,9 +29,9 @@ def fused_cam(activations: torch.Tensor, gradients: torch.Tensor, *, relu: bool 
     """
     backend = get_backend() if backend is None else validate_backend(backend)
     if backend == "reference":
-        check_inputs(activations, gradients, normalize, eps, relu)
-        return fused_cam_reference(activations, gradients, relu, normalize, eps)
-    return fused_cam_op(activations, gradients, relu, normalize, eps, gpu_kernel(backend))
+        check_inputs(activations, gradients, normalize, eps, relu, method)
+        return fused_cam_reference(activations, gradients, relu, normalize, eps, method)
+    return fused_cam_op(activations, gradients, relu, normalize, eps, method, gpu_kernel(backend))
 
 
 def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
