@@ -1,4 +1,4 @@
-"""Triton kernels of the batched Grad-CAM map, forward and backward (docs/op.md).
+"""Triton kernels of the batched CAM maps (Grad-CAM and its family), forward and backward (docs/op.md).
 
 Motivation. The plain-PyTorch composition launches a kernel per line and materialises the
 B x C x P product `w * A`; autograd through it adds as many again. Per sample b, with P spatial
@@ -20,6 +20,11 @@ in a fixed order: no atomics, bitwise reproducible results. With one split per s
 forward kernel finishes the map itself; where a channel's positions fit one tile, the forward
 reads A and G in one pass and the backward computes gs itself (one kernel per pass).
 
+The other methods (METHOD, formulas in csrc/cam_methods.h) run the same kernels: the weight-based
+ones (xgradcam, gradcampp) compute w[c] from their channel's rows of A and G (Grad-CAM++ in two
+passes, S = sum_p A first), the element-wise ones (layercam, hirescam, elementwise) sum a term
+h(A, G) over channels and have no weights. Their backward writes a full gG (B, C, P) and reads G.
+
 Layout. A sample is read through (stride_c, stride_p): (P, 1) for contiguous inputs and (1, C)
 for channels-last ones, so both are read in place. Sample offsets are int64; offsets within a
 sample are int32 (fewer registers) unless one sample has 2^31 elements or more (WIDE).
@@ -32,9 +37,15 @@ import torch
 import triton
 import triton.language as tl
 
-# The normalisations' codes, as csrc/cam_definitions.h numbers them (Normalize).
+# The normalisations' and methods' codes, as csrc/cam_definitions.h numbers them (Normalize, Method).
 MINMAX, MAX, NONE = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 NORMALIZE_CODES = {"minmax": MINMAX.value, "max": MAX.value, "none": NONE.value}
+GRADCAM, XGRADCAM, GRADCAMPP = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+LAYERCAM, HIRESCAM, ELEMENTWISE = tl.constexpr(3), tl.constexpr(4), tl.constexpr(5)
+METHOD_CODES = {"gradcam": 0, "xgradcam": 1, "gradcampp": 2, "layercam": 3, "hirescam": 4, "elementwise": 5}
+# pytorch-grad-cam's constants (csrc/cam_methods.h): XGrad-CAM's and Grad-CAM++'s denominators.
+XGRADCAM_EPS = tl.constexpr(1e-7)
+GRADCAMPP_EPS = tl.constexpr(1e-6)
 
 
 # --- Kernels ------------------------------------------------------------------------------------
@@ -63,6 +74,100 @@ def _load_tile(X, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C: tl.constexpr, B
 
 
 @triton.jit
+def _positive_part(v):
+    """relu that keeps NaN, as torch.relu does."""
+    return tl.where((v > 0) | (v != v), v, 0.0)
+
+
+@triton.jit
+def _elementwise_term(a, g, METHOD: tl.constexpr):
+    """h(a, g) of an element-wise method: relu(g) a, g a or relu(g a)."""
+    if METHOD == LAYERCAM:
+        h = _positive_part(g) * a
+    elif METHOD == HIRESCAM:
+        h = g * a
+    else:
+        h = _positive_part(g * a)
+    return h
+
+
+@triton.jit
+def _elementwise_partials(a, g, METHOD: tl.constexpr):
+    """(dh/da, dh/dg) of an element-wise method (relu's derivative 0 at 0, as torch's)."""
+    if METHOD == LAYERCAM:
+        da = _positive_part(g)
+        dg = tl.where(g > 0, a, 0.0)
+    elif METHOD == HIRESCAM:
+        da = g
+        dg = a
+    else:
+        on = g * a > 0
+        da = tl.where(on, g, 0.0)
+        dg = tl.where(on, a, 0.0)
+    return da, dg
+
+
+@triton.jit
+def _gradcampp_term(g, S):
+    """Grad-CAM++'s t(g, S) = g^3 / (2 g^2 + S g^3 + 1e-6) where g > 0 (NaN for NaN, else 0)."""
+    g2 = g * g
+    t = g2 * g / (2.0 * g2 + S * g2 * g + GRADCAMPP_EPS)
+    return tl.where((g > 0) | (g != g), t, 0.0)
+
+
+@triton.jit
+def _gradcampp_term_grad(g, S):
+    """dt/dg = (3 g^2 - t (4 g + 3 S g^2)) / D where g > 0, else 0."""
+    g2 = g * g
+    d = 2.0 * g2 + S * g2 * g + GRADCAMPP_EPS
+    t = g2 * g / d
+    return tl.where((g > 0) | (g != g), (3.0 * g2 - t * (4.0 * g + 3.0 * S * g2)) / d, 0.0)
+
+
+@triton.jit
+def _tile_weights(a, g, P, METHOD: tl.constexpr):
+    """w of a tile's channels from their whole rows of A and G (zero past the last position)."""
+    if METHOD == GRADCAM:
+        w = tl.sum(g, axis=1) / P
+    elif METHOD == XGRADCAM:
+        w = tl.sum(g * a, axis=1) / (tl.sum(a, axis=1) + XGRADCAM_EPS)
+    else:
+        w = tl.sum(_gradcampp_term(g, tl.sum(a, axis=1)[:, None]), axis=1)
+    return w
+
+
+@triton.jit
+def _row_weights(a_sample, g_sample, c0, c_end, P, stride_c, stride_p, METHOD: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
+                 STAGES: tl.constexpr):
+    """w of channels [c0, c0 + BLOCK_C) from their rows of A and G, tile by tile (reduced once)."""
+    first = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)  # G (gradcam), G A (xgradcam), A (gradcampp)
+    second = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)  # A (xgradcam)
+    for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
+        if METHOD == GRADCAM:
+            first += _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+        else:
+            a = _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+            if METHOD == XGRADCAM:
+                g = _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+                first += g * a
+                second += a
+            else:
+                first += a
+    if METHOD == GRADCAM:
+        w = tl.sum(first, axis=1) / P
+    elif METHOD == XGRADCAM:
+        w = tl.sum(first, axis=1) / (tl.sum(second, axis=1) + XGRADCAM_EPS)
+    else:  # Grad-CAM++: a second pass over G, with S = sum_p A
+        S = tl.sum(first, axis=1)
+        for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
+            g = _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+            second += _gradcampp_term(g, S[:, None])
+        w = tl.sum(second, axis=1)
+    return w
+
+
+@triton.jit
 def _forward_partial_kernel(
     A,  # activations (B, C, P) at (stride_b, stride_c, stride_p)
     G,  # gradients, same shape and strides
@@ -71,7 +176,7 @@ def _forward_partial_kernel(
     EXT,  # out, if FINISH: (min, max) of the rectified scores (B, 2), ACC dtype
     Y,  # out, if FINISH: map (B, P), dtype of the activations
     C, P, stride_b, stride_c, stride_p, channels_per_split, eps,
-    RELU: tl.constexpr, NORMALIZE: tl.constexpr,
+    RELU: tl.constexpr, NORMALIZE: tl.constexpr, METHOD: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
     ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr, FINISH: tl.constexpr,
 ):
@@ -87,38 +192,45 @@ def _forward_partial_kernel(
     s_part = S_PART + (b * tl.num_programs(1) + split) * P
 
     if ONE_P_TILE:
-        # A channel's positions fit one tile: w[c] = 1/P sum_p G[c, p] and s[p] += w[c] A[c, p]
-        # in one pass, the tiles of A and G loaded together. Tiles are summed elementwise and
-        # reduced once at the end: the loop carries no cross-thread reduction.
+        # A channel's positions fit one tile: w (weight-based methods) and s[p] += w[c] A[c, p], or
+        # s[p] += h(A[c, p], G[c, p]) (element-wise ones), in one pass, the tiles of A and G loaded
+        # together. Tiles are summed elementwise and reduced once at the end: the loop carries no
+        # cross-thread reduction.
         s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
         for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES):
             g = _load_tile(g_sample, c0, 0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
             a = _load_tile(a_sample, c0, 0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
-            cs = c0 + tl.arange(0, BLOCK_C)
-            w = tl.sum(g, axis=1) / P
-            tl.store(w_sample + cs, w, mask=cs < c_end)
-            s_tiles += w[:, None] * a
+            if METHOD >= LAYERCAM:  # the element-wise methods
+                s_tiles += _elementwise_term(a, g, METHOD)
+            else:
+                cs = c0 + tl.arange(0, BLOCK_C)
+                w = _tile_weights(a, g, P, METHOD)
+                tl.store(w_sample + cs, w, mask=cs < c_end)
+                s_tiles += w[:, None] * a
         ps = tl.arange(0, BLOCK_P)
         tl.store(s_part + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
     else:
-        # w[c] = 1/P sum_p G[c, p] for this split's channels, reduced once per row of tiles
-        for c0 in range(c_start, c_end, BLOCK_C):
-            w_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
-            for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
-                w_tiles += _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p,
-                                      BLOCK_C, BLOCK_P, ACC, WIDE)
-            cs = c0 + tl.arange(0, BLOCK_C)
-            tl.store(w_sample + cs, tl.sum(w_tiles, axis=1) / P, mask=cs < c_end)
-        tl.debug_barrier()  # the weights just stored are read back below by other threads
+        if METHOD < LAYERCAM:
+            # w of this split's channels, from whole rows of tiles
+            for c0 in range(c_start, c_end, BLOCK_C):
+                w = _row_weights(a_sample, g_sample, c0, c_end, P, stride_c, stride_p, METHOD,
+                                 BLOCK_C, BLOCK_P, ACC, WIDE, STAGES)
+                cs = c0 + tl.arange(0, BLOCK_C)
+                tl.store(w_sample + cs, w, mask=cs < c_end)
+            tl.debug_barrier()  # the weights just stored are read back below by other threads
 
-        # s[p] = sum_c w[c] A[c, p] over this split's channels, reduced once per column of tiles
+        # s[p] = sum_c w[c] A[c, p] (or h(A, G)) over this split's channels, reduced once per column of tiles
         for p0 in range(0, P, BLOCK_P):
             s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
             for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES):
-                cs = c0 + tl.arange(0, BLOCK_C)
-                w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
                 a = _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
-                s_tiles += w[:, None] * a
+                if METHOD >= LAYERCAM:
+                    g = _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+                    s_tiles += _elementwise_term(a, g, METHOD)
+                else:
+                    cs = c0 + tl.arange(0, BLOCK_C)
+                    w = tl.load(w_sample + cs, mask=cs < c_end, other=0)
+                    s_tiles += w[:, None] * a
             ps = p0 + tl.arange(0, BLOCK_P)
             tl.store(s_part + ps, tl.sum(s_tiles, axis=0), mask=ps < P)
     if FINISH:
@@ -259,55 +371,132 @@ def _score_grad_kernel(
 @triton.jit
 def _backward_kernel(
     A,  # activations (B, C, P) at (stride_b, stride_c, stride_p)
-    W,  # channel weights (B, C)
+    G,  # gradients, same shape and strides (read by every method but Grad-CAM)
+    W,  # channel weights (B, C) (weight-based methods)
     GY,  # gradient of the map (B, P), read if ONE_P_TILE
     S,  # scores saved by the forward (B, P), read if ONE_P_TILE
     EXT,  # extremes saved by the forward (B, 2), read if ONE_P_TILE
     GS,  # gradient of the scores (B, P) from _score_grad_kernel, read unless ONE_P_TILE
     GA,  # out: gradient of the activations, same strides as A (if WRITE_GA)
-    GW,  # out: gradient of the gradients per channel (B, C), dtype of A (if WRITE_GW)
+    GG,  # out: gradient of the gradients (if WRITE_GG): Grad-CAM's per channel (B, C), dtype of A;
+         # every other method's same strides as A
     C, P, stride_b, stride_c, stride_p, channels_per_split, eps,
-    RELU: tl.constexpr, NORMALIZE: tl.constexpr, WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
+    RELU: tl.constexpr, NORMALIZE: tl.constexpr, METHOD: tl.constexpr, WRITE_GA: tl.constexpr,
+    WRITE_GG: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
     ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     c_start = tl.program_id(1) * channels_per_split
     c_end = tl.minimum(c_start + channels_per_split, C)
+    gs_sample = tl.zeros([BLOCK_P], dtype=ACC)
     if ONE_P_TILE:
         # The sample's positions fit one tile: its gs is computed here, once per program, from
         # the saved scores (a few hundred bytes) rather than by a kernel of its own.
         ps = tl.arange(0, BLOCK_P)
         lo, hi, d, g_lo, g_hi = _score_grad_terms(GY, S, EXT, b, P, eps, RELU, NORMALIZE, BLOCK_P, ACC)
         gs_sample = _score_grad(GY, S, b, P, ps, ps < P, lo, hi, d, g_lo, g_hi, RELU, ACC)
-    # gA[c, p] = w[c] gs[p];  gw[c] = 1/P sum_p A[c, p] gs[p] (reduced once per row of tiles)
     for c0 in tl.range(c_start, c_end, BLOCK_C, num_stages=STAGES if ONE_P_TILE else 1):
         cs = c0 + tl.arange(0, BLOCK_C)
-        w = tl.load(W + b * C + cs, mask=cs < c_end, other=0)
-        if ONE_P_TILE:
-            gw_tiles = _backward_tile(A, gs_sample, GA, w, b, c0, 0, c_end, P, stride_b, stride_c, stride_p,
-                                      WRITE_GA, WRITE_GW, BLOCK_C, BLOCK_P, ACC, WIDE)
+        if METHOD == GRADCAM:
+            # gA[c, p] = w[c] gs[p];  gw[c] = 1/P sum_p A[c, p] gs[p] (reduced once per row of tiles)
+            w = tl.load(W + b * C + cs, mask=cs < c_end, other=0)
+            if ONE_P_TILE:
+                gw_tiles = _backward_tile(A, gs_sample, GA, w, b, c0, 0, c_end, P, stride_b, stride_c, stride_p,
+                                          WRITE_GA, WRITE_GG, BLOCK_C, BLOCK_P, ACC, WIDE)
+            else:
+                gw_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+                for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
+                    ps = p0 + tl.arange(0, BLOCK_P)
+                    gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
+                    gw_tiles += _backward_tile(A, gs, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
+                                               WRITE_GA, WRITE_GG, BLOCK_C, BLOCK_P, ACC, WIDE)
+            if WRITE_GG:
+                gw = tl.sum(gw_tiles, axis=1) / P
+                tl.store(GG + b * C + cs, gw.to(GG.dtype.element_ty), mask=cs < c_end)
         else:
-            gw_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+            _method_backward_rows(A, G, W, GS, GA, GG, gs_sample, b, c0, c_end, C, P, stride_b, stride_c,
+                                  stride_p, METHOD, WRITE_GA, WRITE_GG, BLOCK_C, BLOCK_P, ACC, WIDE,
+                                  ONE_P_TILE, STAGES)
+
+
+@triton.jit
+def _method_backward_rows(A, G, W, GS, GA, GG, gs_sample, b, c0, c_end, C, P, stride_b, stride_c, stride_p,
+                          METHOD: tl.constexpr, WRITE_GA: tl.constexpr, WRITE_GG: tl.constexpr,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
+                          ONE_P_TILE: tl.constexpr, STAGES: tl.constexpr):
+    """gA and gG of channels [c0, c0 + BLOCK_C) for every method but Grad-CAM (csrc/cam_methods.h):
+    element-wise  gA = gs dh/da,             gG = gs dh/dg
+    xgradcam      gA = w gs + x (G - w),     gG = x A,             x = gw / (S + 1e-7)
+    gradcampp     gA = w gs + x,             gG = gw dt/dg(G, S),  x = -gw sum_p t(G, S)^2
+    with gw = sum_p gs A and S = sum_p A of each channel (a first pass over its row of tiles)."""
+    a_sample = A + b * stride_b
+    g_sample = G + b * stride_b
+    cs = c0 + tl.arange(0, BLOCK_C)
+    w = tl.zeros([BLOCK_C], dtype=ACC)
+    gw = tl.zeros([BLOCK_C], dtype=ACC)
+    S = tl.zeros([BLOCK_C], dtype=ACC)
+    x = tl.zeros([BLOCK_C], dtype=ACC)
+    if METHOD < LAYERCAM:
+        w = tl.load(W + b * C + cs, mask=cs < c_end, other=0)
+        gw_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+        s_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+        for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
+            gs = _scores_grad_at(GS, gs_sample, b, p0, P, BLOCK_P, ONE_P_TILE)
+            a = _load_tile(a_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+            gw_tiles += a * gs[None, :]
+            s_tiles += a
+        gw = tl.sum(gw_tiles, axis=1)
+        S = tl.sum(s_tiles, axis=1)
+        if METHOD == XGRADCAM:
+            x = gw / (S + XGRADCAM_EPS)
+        else:
+            t2_tiles = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
             for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
-                ps = p0 + tl.arange(0, BLOCK_P)
-                gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
-                gw_tiles += _backward_tile(A, gs, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
-                                           WRITE_GA, WRITE_GW, BLOCK_C, BLOCK_P, ACC, WIDE)
-        if WRITE_GW:
-            gw = tl.sum(gw_tiles, axis=1) / P
-            tl.store(GW + b * C + cs, gw.to(GW.dtype.element_ty), mask=cs < c_end)
+                g = _load_tile(g_sample, c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, ACC, WIDE)
+                t = _gradcampp_term(g, S[:, None])
+                t2_tiles += t * t
+            x = -gw * tl.sum(t2_tiles, axis=1)
+    for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
+        gs = _scores_grad_at(GS, gs_sample, b, p0, P, BLOCK_P, ONE_P_TILE)
+        _, _, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
+        a = tl.load(a_sample + offsets, mask=mask, other=0).to(ACC)
+        g = tl.load(g_sample + offsets, mask=mask, other=0).to(ACC)
+        if METHOD >= LAYERCAM:
+            da, dg = _elementwise_partials(a, g, METHOD)
+            da = da * gs[None, :]
+            dg = dg * gs[None, :]
+        elif METHOD == XGRADCAM:
+            da = w[:, None] * gs[None, :] + x[:, None] * (g - w[:, None])
+            dg = x[:, None] * a
+        else:
+            da = w[:, None] * gs[None, :] + x[:, None]
+            dg = gw[:, None] * _gradcampp_term_grad(g, S[:, None])
+        if WRITE_GA:
+            tl.store(GA + b * stride_b + offsets, da.to(GA.dtype.element_ty), mask=mask)
+        if WRITE_GG:
+            tl.store(GG + b * stride_b + offsets, dg.to(GG.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scores_grad_at(GS, gs_sample, b, p0, P, BLOCK_P: tl.constexpr, ONE_P_TILE: tl.constexpr):
+    """gs at positions [p0, p0 + BLOCK_P): the program's own (ONE_P_TILE) or from GS."""
+    if ONE_P_TILE:
+        gs = gs_sample
+    else:
+        ps = p0 + tl.arange(0, BLOCK_P)
+        gs = tl.load(GS + b * P + ps, mask=ps < P, other=0)
+    return gs
 
 
 @triton.jit
 def _backward_tile(A, gs, GA, w, b, c0, p0, c_end, P, stride_b, stride_c, stride_p,
-                   WRITE_GA: tl.constexpr, WRITE_GW: tl.constexpr, BLOCK_C: tl.constexpr,
+                   WRITE_GA: tl.constexpr, WRITE_GG: tl.constexpr, BLOCK_C: tl.constexpr,
                    BLOCK_P: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr):
-    """Stores the tile's gA = w gs (if WRITE_GA); returns its A * gs (zeros unless WRITE_GW)."""
+    """Stores the tile's gA = w gs (if WRITE_GA); returns its A * gs (zeros unless WRITE_GG)."""
     cs, ps, offsets, mask = _tile_offsets(c0, p0, c_end, P, stride_c, stride_p, BLOCK_C, BLOCK_P, WIDE)
     if WRITE_GA:
         tl.store(GA + b * stride_b + offsets, (w[:, None] * gs[None, :]).to(GA.dtype.element_ty), mask=mask)
-    if WRITE_GW:
+    if WRITE_GG:
         return tl.load(A + b * stride_b + offsets, mask=mask, other=0).to(ACC) * gs[None, :]
     return tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
 
@@ -408,15 +597,17 @@ def _tl_acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def cam_forward(activations, gradients, relu, normalize, eps):
-    """Map (B, *S), weights (B, C), scores (B, P) and extremes (B, 2) of `fused_cam`."""
+def cam_forward(activations, gradients, relu, normalize, eps, method="gradcam"):
+    """Map (B, *S), weights (B, C) ((B, 0) for the element-wise methods), scores (B, P) and
+    extremes (B, 2) of `fused_cam`."""
     with _on_device(activations.device):
         channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
         a = _to_layout(activations, channels_last)
         g = _to_layout(gradients, channels_last)
         acc = _acc_dtype(a.dtype)
+        code = METHOD_CODES[method]
         y = torch.empty((B, *a.shape[2:]), dtype=a.dtype, device=a.device)
-        w = torch.empty((B, C), dtype=acc, device=a.device)
+        w = torch.empty((B, 0 if code >= LAYERCAM.value else C), dtype=acc, device=a.device)
         s = torch.empty((B, P), dtype=acc, device=a.device)
         ext = torch.empty((B, 2), dtype=acc, device=a.device)
         if a.numel() == 0:  # no channels (C = 0): the scores are empty sums, so the map is zeros
@@ -426,7 +617,7 @@ def cam_forward(activations, gradients, relu, normalize, eps):
         s_part = s if finish else torch.empty((B, splits, P), dtype=acc, device=a.device)
         options = dict(RELU=relu, NORMALIZE=NORMALIZE_CODES[normalize], ACC=_tl_acc(a.dtype))
         _forward_partial_kernel[(B, splits)](
-            a, g, w, s_part, ext, y, C, P, stride_b, stride_c, stride_p, per_split, eps,
+            a, g, w, s_part, ext, y, C, P, stride_b, stride_c, stride_p, per_split, eps, METHOD=code,
             BLOCK_C=block_c, BLOCK_P=block_p, WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=P <= block_p,
             STAGES=LOOP_STAGES[channels_last], FINISH=finish, num_warps=warps, **options,
         )
@@ -436,16 +627,22 @@ def cam_forward(activations, gradients, relu, normalize, eps):
         return y, w, s, ext
 
 
-def cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask):
-    """(gA (B, C, *S) or None, gw (B, C) or None): gradients of `fused_cam`'s map with respect to
-    the activations and, as per-channel values, the gradients."""
+def cam_backward(grad_map, activations, gradients, weights, scores, extremes, relu, normalize, eps,
+                 method="gradcam", output_mask=(True, True)):
+    """(gA (B, C, *S) or None, gG or None): gradients of `fused_cam`'s map with respect to the
+    activations and the gradients; Grad-CAM's gG as its per-channel values (B, C), every other
+    method's in full, in the layout of gA (Grad-CAM does not read `gradients`)."""
     with _on_device(activations.device):
         channels_last, B, C, P, (stride_b, stride_c, stride_p) = _prepare(activations)
         a = _to_layout(activations, channels_last)
+        code = METHOD_CODES[method]
+        g = a if code == GRADCAM.value else _to_layout(gradients, channels_last)
         ga = torch.empty_like(a) if output_mask[0] else None
-        gw = torch.empty((B, C), dtype=a.dtype, device=a.device) if output_mask[1] else None
+        gg = None
+        if output_mask[1]:
+            gg = torch.empty((B, C), dtype=a.dtype, device=a.device) if code == GRADCAM.value else torch.empty_like(a)
         if a.numel() == 0 or not any(output_mask):
-            return ga, gw
+            return ga, gg
         block_c, block_p, splits, per_split, warps = launch_config(B, C, P, channels_last, a.device)
         one_p_tile = P <= block_p
         grad_map, scores, extremes = grad_map.contiguous(), scores.contiguous(), extremes.contiguous()
@@ -456,11 +653,11 @@ def cam_backward(grad_map, activations, weights, scores, extremes, relu, normali
             _score_grad_kernel[(B,)](grad_map, scores, extremes, gs, P, eps, BLOCK_P=_finish_block(P), num_warps=4,
                                      **options)
         _backward_kernel[(B, splits)](
-            a, weights.contiguous(), grad_map, scores, extremes, gs,
-            ga if ga is not None else a, gw if gw is not None else weights,
-            C, P, stride_b, stride_c, stride_p, per_split, eps,
-            WRITE_GA=ga is not None, WRITE_GW=gw is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+            a, g, weights.contiguous(), grad_map, scores, extremes, gs,
+            ga if ga is not None else a, gg if gg is not None else a,
+            C, P, stride_b, stride_c, stride_p, per_split, eps, METHOD=code,
+            WRITE_GA=ga is not None, WRITE_GG=gg is not None, BLOCK_C=block_c, BLOCK_P=block_p,
             WIDE=C * P >= WIDE_OFFSETS_FROM, ONE_P_TILE=one_p_tile, STAGES=LOOP_STAGES[channels_last],
             num_warps=warps, **options,
         )
-        return ga, gw
+        return ga, gg

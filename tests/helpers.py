@@ -116,12 +116,12 @@ def triton_kernels_on_cpu():
     default one is C++/CUDA where the extension was built with it, which cannot run on CPU)."""
     import batchcam_kernels
 
-    def cam_forward(activations, gradients, relu, normalize, eps, gpu_kernel):
-        return batchcam_kernels.cam_forward(activations, gradients, relu, normalize, eps)
+    def cam_forward(activations, gradients, relu, normalize, eps, method, gpu_kernel):
+        return batchcam_kernels.cam_forward(activations, gradients, relu, normalize, eps, method)
 
-    def cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, gpu_kernel,
-                     output_mask):
-        return batchcam_kernels.cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize,
-                                             eps, output_mask)
+    def cam_backward(grad_map, activations, gradients, weights, scores, extremes, relu, normalize, eps, method,
+                     gpu_kernel, output_mask):
+        return batchcam_kernels.cam_backward(grad_map, activations, gradients, weights, scores, extremes, relu,
+                                             normalize, eps, method, output_mask)
 
     return cpu_kernels_replaced(cam_forward, cam_backward)
