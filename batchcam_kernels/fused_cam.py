@@ -111,17 +111,16 @@ def _elementwise_partials(a, g, METHOD: tl.constexpr):
 def _gradcampp_term(g, S):
     """Grad-CAM++'s t(g, S) = g^3 / (2 g^2 + S g^3 + 1e-6) where g > 0 (NaN for NaN, else 0)."""
     g2 = g * g
-    t = g2 * g / (2.0 * g2 + S * g2 * g + GRADCAMPP_EPS)
+    t = g * (g2 / (2.0 * g2 + S * g2 * g + GRADCAMPP_EPS))  # relu(g) alpha, as the reference
     return tl.where((g > 0) | (g != g), t, 0.0)
 
 
 @triton.jit
 def _gradcampp_term_grad(g, S):
-    """dt/dg = (3 g^2 - t (4 g + 3 S g^2)) / D where g > 0, else 0."""
+    """dt/dg = g^2 (2 g^2 + 3e-6) / D^2 (the S terms of the quotient rule cancel) where g > 0, else 0."""
     g2 = g * g
     d = 2.0 * g2 + S * g2 * g + GRADCAMPP_EPS
-    t = g2 * g / d
-    return tl.where((g > 0) | (g != g), (3.0 * g2 - t * (4.0 * g + 3.0 * S * g2)) / d, 0.0)
+    return tl.where((g > 0) | (g != g), g2 * (2.0 * g2 + 3.0 * GRADCAMPP_EPS) / (d * d), 0.0)
 
 
 @triton.jit

@@ -6,6 +6,13 @@
 #include <string_view>
 #include <type_traits>
 
+// Functions the CUDA kernels call too: __host__ __device__ under nvcc.
+#ifdef __CUDACC__
+#define BATCHCAM_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define BATCHCAM_HOST_DEVICE inline
+#endif
+
 namespace batchcam {
 
 // How each sample's rectified map r is normalised: (r - min) / (max - min + eps), r / (max + eps)
@@ -38,7 +45,7 @@ constexpr bool parse_method(std::string_view name, Method& out) {
   return true;
 }
 
-constexpr bool is_elementwise(Method m) {
+BATCHCAM_HOST_DEVICE constexpr bool is_elementwise(Method m) {
   return m == Method::LayerCam || m == Method::HiResCam || m == Method::ElementWise;
 }
 

@@ -14,12 +14,6 @@
 
 #include "cam_definitions.h"
 
-#ifdef __CUDACC__
-#define BATCHCAM_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define BATCHCAM_HOST_DEVICE inline
-#endif
-
 namespace batchcam {
 
 constexpr double kXGradCamEps = 1e-7;
@@ -60,17 +54,17 @@ template <typename T>
 BATCHCAM_HOST_DEVICE T gradcampp_term(T g, T S) {
   if (!(g > 0 || g != g)) return T(0);
   const T g2 = g * g;
-  return g2 * g / (T(2) * g2 + S * g2 * g + T(kGradCamPPEps));
+  return g * (g2 / (T(2) * g2 + S * g2 * g + T(kGradCamPPEps)));  // relu(g) alpha, as the reference
 }
 
-// dt/dg = (3 g^2 - t D') / D with D' = 4 g + 3 S g^2 (zero where g <= 0); dt/dS = -t^2.
+// dt/dg = (3 g^2 D - g^3 (4 g + 3 S g^2)) / D^2 = g^2 (2 g^2 + 3e-6) / D^2, the S terms cancelled
+// (exactly, not in rounding) where g > 0, else 0; and dt/dS = -t^2.
 template <typename T>
 BATCHCAM_HOST_DEVICE T gradcampp_term_grad(T g, T S) {
   if (!(g > 0 || g != g)) return T(0);
   const T g2 = g * g;
   const T d = T(2) * g2 + S * g2 * g + T(kGradCamPPEps);
-  const T t = g2 * g / d;
-  return (T(3) * g2 - t * (T(4) * g + T(3) * S * g2)) / d;
+  return g2 * (T(2) * g2 + T(3 * kGradCamPPEps)) / (d * d);
 }
 
 }  // namespace batchcam

@@ -78,6 +78,6 @@ def test_kernel_checks_guard_direct_calls():
     """The C++ kernel checks what it relies on even when the Python checks are bypassed."""
     a, g = inputs()
     with pytest.raises(RuntimeError, match="must have the same shape"):
-        torch.ops.batchcam.cam_forward(a, g[:, :2], True, "minmax", 1e-7, "triton")
+        torch.ops.batchcam.cam_forward(a, g[:, :2], True, "minmax", 1e-7, "gradcam", "triton")
     with pytest.raises(RuntimeError, match="normalize must be"):
-        torch.ops.batchcam.cam_forward(a, g, True, "l2", 1e-7, "triton")
+        torch.ops.batchcam.cam_forward(a, g, True, "l2", 1e-7, "gradcam", "triton")

@@ -9,25 +9,26 @@ import pytest
 import torch
 
 import batchcam
-from helpers import (BACKENDS, check_against_reference, make_inputs, op_for, run_forward_backward, to64,
-                     triton_kernels_on_cpu)
+from helpers import (BACKENDS, METHOD_PARAMS, check_against_reference, make_inputs, op_for, run_forward_backward,
+                     to64, triton_kernels_on_cpu)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape", [(1, 256, 15, 17), (3, 37, 23, 29), (40, 24, 9, 9)], ids=str)
-def test_cpu_results_do_not_depend_on_the_thread_count(shape, channels_last):
+@pytest.mark.parametrize("method", METHOD_PARAMS)
+def test_cpu_results_do_not_depend_on_the_thread_count(method, shape, channels_last):
     """The CPU kernel splits samples into blocks by shape only and adds the blocks' partial sums in
     a fixed order: one thread and two give the same bits (shapes: one sample in many blocks, a few
     samples in several, one block per sample; each large enough to be split between threads, over
     the kernel's 16384 elements per task)."""
-    a, g = make_inputs(shape, torch.float32, "cpu", channels_last, requires_grad=True)
+    a, g = make_inputs(shape, torch.float32, "cpu", channels_last, requires_grad=True, method=method)
     gy = torch.randn((shape[0], *shape[2:]), generator=torch.Generator().manual_seed(1))
     threads = torch.get_num_threads()
     runs = []
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            y = batchcam.fused_cam(a, g, backend="fused")
+            y = batchcam.fused_cam(a, g, method=method, backend="fused")
             runs.append((y, *torch.autograd.grad(y, (a, g), gy)))
     finally:
         torch.set_num_threads(threads)
@@ -38,23 +39,25 @@ def test_cpu_results_do_not_depend_on_the_thread_count(shape, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(3, 37, 23, 29), (2, 300, 3, 3), (1, 6, 257)], ids=str)
-def test_cpu_half_precision_is_float32_arithmetic_rounded_once(shape, dtype, channels_last):
+@pytest.mark.parametrize("method", METHOD_PARAMS)
+def test_cpu_half_precision_is_float32_arithmetic_rounded_once(method, shape, dtype, channels_last):
     """The CPU kernel computes half-precision inputs in float32 (Half rows converted in chunks of
     256 with F16C, or 8 at a time in the AVX2 dot) and rounds each output once: bitwise what it
     returns for the same values given as float32, rounded. Shapes: rows of several chunks and a
     tail, C not a multiple of 4 or 8. Several seeds: a difference in one instantiation's rounding
     (e.g. a * b + c fused into an FMA in one and not the other) shows in ~2% of single draws."""
-    options = (True, "minmax", 1e-7, "fused")
+    options = (True, "minmax", 1e-7, method, "fused")
     for seed in range(10):
-        a, g = make_inputs(shape, dtype, "cpu", channels_last, seed=seed)
+        a, g = make_inputs(shape, dtype, "cpu", channels_last, seed=seed, method=method)
         every_third = (0, slice(None)) + (slice(None, None, 3),) * (len(shape) - 2)
         a[every_third] = float("nan") if shape[0] > 1 else 0.0  # NaN in one sample only, or ties
         gy = torch.randn((shape[0], *shape[2:]), generator=torch.Generator().manual_seed(seed)).to(dtype)
         y, w, s, ext = torch.ops.batchcam.cam_forward(a, g, *options)
         y32, w32, s32, ext32 = torch.ops.batchcam.cam_forward(a.float(), g.float(), *options)
-        ga, gw = torch.ops.batchcam.cam_backward(gy, a, w, s, ext, *options, [True, True])
-        ga32, gw32 = torch.ops.batchcam.cam_backward(gy.float(), a.float(), w32, s32, ext32, *options, [True, True])
-        for half, single in ((y, y32), (w, w32), (s, s32), (ext, ext32), (ga, ga32), (gw, gw32)):
+        ga, gg = torch.ops.batchcam.cam_backward(gy, a, g, w, s, ext, *options, [True, True])
+        ga32, gg32 = torch.ops.batchcam.cam_backward(gy.float(), a.float(), g.float(), w32, s32, ext32, *options,
+                                                     [True, True])
+        for half, single in ((y, y32), (w, w32), (s, s32), (ext, ext32), (ga, ga32), (gg, gg32)):
             torch.testing.assert_close(half, single.to(half.dtype), rtol=0, atol=0, equal_nan=True)
 
 

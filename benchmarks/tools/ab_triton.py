@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from batchcam_kernels import fused_cam as current  # noqa: E402
 from common import GPU_SHAPES, machine, make, measure_graph, source_at, write_result  # noqa: E402
 
-OPTIONS = (True, "minmax", 1e-7)
+OPTIONS = (True, "minmax", 1e-7, "gradcam")
 
 
 def load_base(base):
@@ -37,7 +37,7 @@ def calls(kernels, a, g, gy):
     """The forward and backward entry points of one version, on fixed inputs."""
     _, w, s, ext = kernels.cam_forward(a, g, *OPTIONS)
     return {"fwd": lambda: kernels.cam_forward(a, g, *OPTIONS),
-            "bwd": lambda: kernels.cam_backward(gy, a, w, s, ext, *OPTIONS, (True, True))}
+            "bwd": lambda: kernels.cam_backward(gy, a, g, w, s, ext, *OPTIONS, (True, True))}
 
 
 def max_difference(x, y):

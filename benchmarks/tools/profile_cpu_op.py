@@ -46,7 +46,7 @@ def profile_shape(shape):
     a, g, gy = make((*shape, torch.float32, False), torch.device("cpu"))
     a, g = a.requires_grad_(), g.requires_grad_()
     ad, gd = a.detach(), g.detach()
-    options = (True, "minmax", 1e-7, "triton")
+    options = (True, "minmax", 1e-7, "gradcam", "triton")
 
     def eager():
         start = time.perf_counter()
@@ -71,7 +71,7 @@ def profile_shape(shape):
         start = time.perf_counter()
         _, w, s, ext = torch.ops.batchcam.cam_forward(ad, gd, *options)
         middle = time.perf_counter()
-        torch.ops.batchcam.cam_backward(gy, ad, w, s, ext, *options, [True, True])
+        torch.ops.batchcam.cam_backward(gy, ad, gd, w, s, ext, *options, [True, True])
         return middle - start, time.perf_counter() - middle
 
     # A control made of plain aten ops of similar size: y = sum_c A * G, its gradient gy * G.

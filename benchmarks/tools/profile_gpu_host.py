@@ -24,7 +24,7 @@ import batchcam  # noqa: E402
 from batchcam_kernels import fused_cam as triton_kernels  # noqa: E402
 from common import forward_and_backward, host_and_wall, machine, make, write_result  # noqa: E402
 
-OPTIONS = (True, "minmax", 1e-7)
+OPTIONS = (True, "minmax", 1e-7, "gradcam")
 
 
 def host_seconds(fn, calls):
@@ -43,9 +43,9 @@ def candidates(a, g, gy):
     ops = torch.ops.batchcam
     runs = {
         "triton cam_forward, direct": lambda: triton_kernels.cam_forward(a, g, *OPTIONS),
-        "triton cam_backward, direct": lambda: triton_kernels.cam_backward(gy, a, w, s, ext, *OPTIONS, (True, True)),
+        "triton cam_backward, direct": lambda: triton_kernels.cam_backward(gy, a, g, w, s, ext, *OPTIONS, (True, True)),
         "cuda cam_forward, direct": lambda: ops.cam_forward(a, g, *OPTIONS, "cuda"),
-        "cuda cam_backward, direct": lambda: ops.cam_backward(gy, a, w, s, ext, *OPTIONS, "cuda", [True, True]),
+        "cuda cam_backward, direct": lambda: ops.cam_backward(gy, a, g, w, s, ext, *OPTIONS, "cuda", [True, True]),
     }
     for kernel in ("triton", "cuda"):
         def forward(kernel=kernel):

@@ -26,8 +26,8 @@ cuda::DType kernel_dtype(at::ScalarType t) {
   }
 }
 
-cuda::CamOptions kernel_options(bool relu, c10::string_view normalize, double eps) {
-  return {relu, normalize_named(normalize), eps};
+cuda::CamOptions kernel_options(bool relu, c10::string_view normalize, double eps, c10::string_view method) {
+  return {relu, normalize_named(normalize), eps, method_named(method)};
 }
 
 cuda::CamProblem kernel_problem(const CamShape& shape, const at::Tensor& a) {
@@ -47,8 +47,8 @@ cuda::CamProblem kernel_problem(const CamShape& shape, const at::Tensor& a) {
 
 CamForwardResult cuda_cam_forward(
     const at::Tensor& activations, const at::Tensor& gradients, bool relu,
-    c10::string_view normalize, double eps) {
-  const cuda::CamOptions options = kernel_options(relu, normalize, eps);
+    c10::string_view normalize, double eps, c10::string_view method) {
+  const cuda::CamOptions options = kernel_options(relu, normalize, eps, method);
   const CamShape shape = check_cam_inputs(activations, gradients);
   const c10::cuda::CUDAGuard guard(activations.device());
   const at::Tensor a = to_layout(activations, shape.channels_last);
@@ -57,7 +57,7 @@ CamForwardResult cuda_cam_forward(
   map_shape.insert(map_shape.begin(), shape.B);
   const auto acc = a.options().dtype(a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   at::Tensor y = at::empty(map_shape, a.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor w = at::empty({shape.B, shape.C}, acc);
+  at::Tensor w = at::empty({shape.B, weight_columns(options.method, shape.C)}, acc);
   at::Tensor s = at::empty({shape.B, shape.P}, acc);
   at::Tensor ext = at::empty({shape.B, 2}, acc);
   // No channels (C = 0): the scores are empty sums, so the map is zeros, as on CPU.
@@ -72,28 +72,34 @@ CamForwardResult cuda_cam_forward(
 }
 
 CamBackwardResult cuda_cam_backward(
-    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& weights,
-    const at::Tensor& scores, const at::Tensor& extremes, bool relu, c10::string_view normalize,
-    double eps, std::array<bool, 2> output_mask) {
-  const cuda::CamOptions options = kernel_options(relu, normalize, eps);
-  const CamShape shape = check_cam_inputs(activations, activations);
-  check_saved(shape, grad_map, weights, scores, extremes);
+    const at::Tensor& grad_map, const at::Tensor& activations, const at::Tensor& gradients,
+    const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes, bool relu,
+    c10::string_view normalize, double eps, c10::string_view method, std::array<bool, 2> output_mask) {
+  const cuda::CamOptions options = kernel_options(relu, normalize, eps, method);
+  const bool gradcam = options.method == Method::GradCam;
+  const CamShape shape = check_cam_inputs(activations, gradients);
+  check_saved(shape, options.method, grad_map, weights, scores, extremes);
   const c10::cuda::CUDAGuard guard(activations.device());
   const at::Tensor a = to_layout(activations, shape.channels_last);
-  std::optional<at::Tensor> ga, gw;
+  // Grad-CAM's backward does not read the gradients.
+  const at::Tensor g = gradcam ? a : to_layout(gradients, shape.channels_last);
+  std::optional<at::Tensor> ga, gg;
   if (output_mask[0]) ga = at::empty_like(a);
-  if (output_mask[1]) gw = at::empty({shape.B, shape.C}, a.options());
-  if (a.numel() == 0 || !(output_mask[0] || output_mask[1])) return {ga, gw};
+  if (output_mask[1]) gg = gradcam ? at::empty({shape.B, shape.C}, a.options()) : at::empty_like(a);
+  if (a.numel() == 0 || !(output_mask[0] || output_mask[1])) return {ga, gg};
   const cuda::CamProblem problem = kernel_problem(shape, a);
   const at::Tensor gy = grad_map.contiguous(), w = weights.contiguous();
   const at::Tensor s = scores.contiguous(), ext = extremes.contiguous();
   at::Tensor gs = at::empty_like(s);
+  // Each channel's gw, S and x (the weight-based methods but Grad-CAM).
+  const bool stats_needed = !gradcam && !is_elementwise(options.method);
+  at::Tensor stats = at::empty({stats_needed ? shape.B * 3 * shape.C : 0}, s.options());
   BATCHCAM_CHECK_LAUNCH(cuda::launch_cam_backward(
-      kernel_dtype(a.scalar_type()), gy.const_data_ptr(), a.const_data_ptr(), w.const_data_ptr(),
-      s.const_data_ptr(), ext.const_data_ptr(), gs.mutable_data_ptr(),
-      ga ? ga->mutable_data_ptr() : nullptr, gw ? gw->mutable_data_ptr() : nullptr, problem, options,
-      c10::cuda::getCurrentCUDAStream()));
-  return {ga, gw};
+      kernel_dtype(a.scalar_type()), gy.const_data_ptr(), a.const_data_ptr(), g.const_data_ptr(),
+      w.const_data_ptr(), s.const_data_ptr(), ext.const_data_ptr(), gs.mutable_data_ptr(),
+      stats.mutable_data_ptr(), ga ? ga->mutable_data_ptr() : nullptr, gg ? gg->mutable_data_ptr() : nullptr,
+      problem, options, c10::cuda::getCurrentCUDAStream()));
+  return {ga, gg};
 }
 
 void check_gpu_kernel(c10::string_view gpu_kernel) {
@@ -102,30 +108,35 @@ void check_gpu_kernel(c10::string_view gpu_kernel) {
 }
 
 CamForwardResult cam_forward_cuda(const at::Tensor& activations, const at::Tensor& gradients, bool relu,
-                                  c10::string_view normalize, double eps, c10::string_view gpu_kernel) {
+                                  c10::string_view normalize, double eps, c10::string_view method,
+                                  c10::string_view gpu_kernel) {
   check_gpu_kernel(gpu_kernel);
-  if (gpu_kernel == "cuda") return cuda_cam_forward(activations, gradients, relu, normalize, eps);
+  if (gpu_kernel == "cuda") return cuda_cam_forward(activations, gradients, relu, normalize, eps, method);
   static const auto triton = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("batchcam::triton_cam_forward", "")
                                  .typed<CamForwardResult(const at::Tensor&, const at::Tensor&, bool,
-                                                         c10::string_view, double)>();
-  return triton.call(activations, gradients, relu, normalize, eps);
+                                                         c10::string_view, double, c10::string_view)>();
+  return triton.call(activations, gradients, relu, normalize, eps, method);
 }
 
 CamBackwardResult cam_backward_cuda(const at::Tensor& grad_map, const at::Tensor& activations,
-                                    const at::Tensor& weights, const at::Tensor& scores, const at::Tensor& extremes,
-                                    bool relu, c10::string_view normalize, double eps, c10::string_view gpu_kernel,
+                                    const at::Tensor& gradients, const at::Tensor& weights, const at::Tensor& scores,
+                                    const at::Tensor& extremes, bool relu, c10::string_view normalize, double eps,
+                                    c10::string_view method, c10::string_view gpu_kernel,
                                     std::array<bool, 2> output_mask) {
   check_gpu_kernel(gpu_kernel);
   if (gpu_kernel == "cuda") {
-    return cuda_cam_backward(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask);
+    return cuda_cam_backward(grad_map, activations, gradients, weights, scores, extremes, relu, normalize, eps,
+                             method, output_mask);
   }
-  static const auto triton = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("batchcam::triton_cam_backward", "")
-                                 .typed<CamBackwardResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, const at::Tensor&, bool, c10::string_view,
-                                                          double, std::array<bool, 2>)>();
-  return triton.call(grad_map, activations, weights, scores, extremes, relu, normalize, eps, output_mask);
+  static const auto triton =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("batchcam::triton_cam_backward", "")
+          .typed<CamBackwardResult(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, const at::Tensor&, bool, c10::string_view, double,
+                                   c10::string_view, std::array<bool, 2>)>();
+  return triton.call(grad_map, activations, gradients, weights, scores, extremes, relu, normalize, eps, method,
+                     output_mask);
 }
 
 }  // namespace
