@@ -19,10 +19,12 @@ namespace batchcam {
 constexpr double kXGradCamEps = 1e-7;
 constexpr double kGradCamPPEps = 1e-6;
 
+// Every function below is a select of arithmetic, no branch, so that loops over them vectorise.
+
 // relu that keeps NaN, as torch.relu does.
 template <typename T>
 BATCHCAM_HOST_DEVICE T positive_part(T v) {
-  return (v > 0 || v != v) ? v : T(0);
+  return v <= 0 ? T(0) : v;
 }
 
 // h(a, g) of an element-wise method.
@@ -52,19 +54,19 @@ BATCHCAM_HOST_DEVICE void elementwise_partials(T a, T g, T& da, T& dg) {
 // Grad-CAM++'s t(g, S) = g^3 / D, D = 2 g^2 + S g^3 + 1e-6, for g > 0 (NaN for NaN, else 0).
 template <typename T>
 BATCHCAM_HOST_DEVICE T gradcampp_term(T g, T S) {
-  if (!(g > 0 || g != g)) return T(0);
   const T g2 = g * g;
-  return g * (g2 / (T(2) * g2 + S * g2 * g + T(kGradCamPPEps)));  // relu(g) alpha, as the reference
+  const T t = g * (g2 / (T(2) * g2 + S * g2 * g + T(kGradCamPPEps)));  // relu(g) alpha, as the reference
+  return g <= 0 ? T(0) : t;
 }
 
 // dt/dg = (3 g^2 D - g^3 (4 g + 3 S g^2)) / D^2 = g^2 (2 g^2 + 3e-6) / D^2, the S terms cancelled
 // (exactly, not in rounding) where g > 0, else 0; and dt/dS = -t^2.
 template <typename T>
 BATCHCAM_HOST_DEVICE T gradcampp_term_grad(T g, T S) {
-  if (!(g > 0 || g != g)) return T(0);
   const T g2 = g * g;
   const T d = T(2) * g2 + S * g2 * g + T(kGradCamPPEps);
-  return g2 * (T(2) * g2 + T(3 * kGradCamPPEps)) / (d * d);
+  const T dt = g2 * (T(2) * g2 + T(3 * kGradCamPPEps)) / (d * d);
+  return g <= 0 ? T(0) : dt;
 }
 
 }  // namespace batchcam

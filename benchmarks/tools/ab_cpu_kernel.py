@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from common import git, machine, make, source_at, write_result  # noqa: E402
 
 # setup.py's cxx_flags for a release build (keep the two alike).
-CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-DPy_LIMITED_API=0x030A0000"]
 # (B, C, H, W, channels_last): the CPU shapes of bench_op.py, plus channels-last at small batches.
 SHAPES = [(256, 64, 7, 7, False), (64, 512, 7, 7, False), (64, 2048, 7, 7, False), (1, 2048, 14, 14, False),
           (16, 256, 56, 56, False), (16, 256, 56, 56, True), (2, 256, 28, 28, True), (1, 512, 14, 14, True),

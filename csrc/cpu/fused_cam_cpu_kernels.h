@@ -490,7 +490,8 @@ void run_stages(const CamShape& shape, int64_t blocks, const Stages&... stages) 
 // Grad-CAM above has hand-vectorised primitives of its own; the other methods run these, written
 // for GCC to vectorise, with the same blocking (so the same accuracy) and fixed summation order.
 
-// sum_i f(i) for i < n: kLanes interleaved partial sums, span by span (blocked, as rows_dot).
+// sum_i f(i) for i < n: kLanes interleaved partial sums, span by span (blocked, as rows_dot). One
+// sum per call: GCC vectorises f inlined alone, not a pair of sums returned together.
 template <typename acc_t, typename F>
 [[gnu::always_inline]] inline acc_t sum_elements(int64_t n, const F& f) {
   acc_t total = 0;
@@ -561,6 +562,15 @@ void method_forward_channels(int64_t P, const scalar_t* a, const scalar_t* g, in
   }
 }
 
+// fn(write_a, write_g), two std::bool_constant saying which of gA (ga) and gG (gg) are wanted (at
+// least one is): the backward's element loops compiled once per case, with no test per element.
+template <typename scalar_t, typename Fn>
+void with_outputs(const scalar_t* ga, const scalar_t* gg, const Fn& fn) {
+  if (ga && gg) return fn(std::true_type{}, std::true_type{});
+  if (ga) return fn(std::true_type{}, std::false_type{});
+  fn(std::false_type{}, std::true_type{});
+}
+
 // The backward of a weight-based method at one element, given its channel's w, gw = sum_p gs A,
 // S = sum_p A and x: (gA, gG) =
 //   xgradcam   (w gs + x (g - w),  x a)              x = gw / (S + 1e-7)
@@ -595,29 +605,31 @@ acc_t channel_grad_term(int64_t n, const scalar_t* g, acc_t gw, acc_t S) {
 template <Method M, typename scalar_t, typename acc_t>
 void method_backward_channels(int64_t P, const scalar_t* a, const scalar_t* g, const acc_t* w, const acc_t* gs,
                               int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gg) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const scalar_t* ar = a + c * P;
-    const scalar_t* gr = g + c * P;
-    acc_t wc = 0, gw = 0, S = 0, x = 0;
-    if constexpr (!is_elementwise(M)) {
-      wc = w[c];
-      S = sum_elements<acc_t>(P, [&](int64_t i) { return at<acc_t>(ar, i); });
-      gw = sum_elements<acc_t>(P, [&](int64_t i) { return gs[i] * at<acc_t>(ar, i); });
-      x = channel_grad_term<M>(P, gr, gw, S);
-    }
-    for (int64_t p = 0; p < P; ++p) {
-      acc_t da, dg;
-      if constexpr (is_elementwise(M)) {
-        elementwise_partials<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), da, dg);
-        da *= gs[p];
-        dg *= gs[p];
-      } else {
-        weight_method_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw, S, x, da, dg);
+  with_outputs(ga, gg, [&](auto write_a, auto write_g) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const scalar_t* ar = a + c * P;
+      const scalar_t* gr = g + c * P;
+      acc_t wc = 0, gw = 0, S = 0, x = 0;
+      if constexpr (!is_elementwise(M)) {
+        wc = w[c];
+        S = sum_elements<acc_t>(P, [&](int64_t i) { return at<acc_t>(ar, i); });
+        gw = sum_elements<acc_t>(P, [&](int64_t i) { return gs[i] * at<acc_t>(ar, i); });
+        x = channel_grad_term<M>(P, gr, gw, S);
       }
-      if (ga) ga[c * P + p] = static_cast<scalar_t>(da);
-      if (gg) gg[c * P + p] = static_cast<scalar_t>(dg);
+      for (int64_t p = 0; p < P; ++p) {
+        acc_t da, dg;
+        if constexpr (is_elementwise(M)) {
+          elementwise_partials<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), da, dg);
+          da *= gs[p];
+          dg *= gs[p];
+        } else {
+          weight_method_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw, S, x, da, dg);
+        }
+        if constexpr (decltype(write_a)::value) ga[c * P + p] = static_cast<scalar_t>(da);
+        if constexpr (decltype(write_g)::value) gg[c * P + p] = static_cast<scalar_t>(dg);
+      }
     }
-  }
+  });
 }
 
 // Backward of position block [p0, p1) of a channels-last sample, given each channel's w, gw, S, x
@@ -626,21 +638,23 @@ template <Method M, typename scalar_t, typename acc_t>
 void method_backward_positions(int64_t C, const scalar_t* a, const scalar_t* g, const acc_t* w, const acc_t* gw,
                                const acc_t* S, const acc_t* x, const acc_t* gs, int64_t p0, int64_t p1,
                                scalar_t* ga, scalar_t* gg) {
-  for (int64_t p = p0; p < p1; ++p) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = p * C + c;
-      acc_t da, dg;
-      if constexpr (is_elementwise(M)) {
-        elementwise_partials<M>(at<acc_t>(a, i), at<acc_t>(g, i), da, dg);
-        da *= gs[p];
-        dg *= gs[p];
-      } else {
-        weight_method_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], w[c], gw[c], S[c], x[c], da, dg);
+  with_outputs(ga, gg, [&](auto write_a, auto write_g) {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = p * C + c;
+        acc_t da, dg;
+        if constexpr (is_elementwise(M)) {
+          elementwise_partials<M>(at<acc_t>(a, i), at<acc_t>(g, i), da, dg);
+          da *= gs[p];
+          dg *= gs[p];
+        } else {
+          weight_method_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], w[c], gw[c], S[c], x[c], da, dg);
+        }
+        if constexpr (decltype(write_a)::value) ga[i] = static_cast<scalar_t>(da);
+        if constexpr (decltype(write_g)::value) gg[i] = static_cast<scalar_t>(dg);
       }
-      if (ga) ga[i] = static_cast<scalar_t>(da);
-      if (gg) gg[i] = static_cast<scalar_t>(dg);
     }
-  }
+  });
 }
 
 at::ScalarType acc_dtype(at::ScalarType t) {

@@ -1,9 +1,11 @@
-"""`BatchCAM`: Grad-CAM maps of a whole batch from one forward and one `torch.autograd.grad`."""
+"""`BatchCAM`: CAM maps (Grad-CAM and its family) of a whole batch from one forward and one
+`torch.autograd.grad`."""
 import torch
 from torch import nn
 
 from .backend import validate_backend
 from .capture import LayerCapture, check_submodules
+from .definitions import METHODS
 from .functional import fused_cam
 
 
@@ -36,6 +38,11 @@ def class_scores(logits: torch.Tensor, targets=None) -> torch.Tensor:
     return logits.gather(1, targets.to(logits.device, torch.long)[:, None])[:, 0]
 
 
+def check_method(method, caller: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"{caller}: method must be one of {METHODS}, got {method!r}")
+
+
 def check_grad_mode(caller: str) -> None:
     """Maps need a gradient: refuse to run under torch.inference_mode, where none can be taken."""
     if torch.is_inference_mode_enabled():
@@ -54,7 +61,8 @@ class BatchCAM:
         model: the network; called as `model(x)` and returning logits (B, num_classes).
         target_layer: a submodule of `model` whose output is (B, C, *S).
         backend: "fused" (default), "triton", "cuda" or "reference"; only the map op changes.
-        relu, normalize, eps: as in `batchcam.fused_cam`.
+        relu, normalize, eps, method: as in `batchcam.fused_cam` (method: "gradcam", "xgradcam",
+            "gradcampp", "layercam", "hirescam" or "elementwise").
 
     The model's train/eval mode is restored after each call (`train=` may set it for the call),
     no parameter `.grad` is written, no tensor is kept between calls, and the hook on
@@ -62,12 +70,13 @@ class BatchCAM:
     """
 
     def __init__(self, model: nn.Module, target_layer: nn.Module, backend: str = "fused", *,
-                 relu: bool = True, normalize: str = "minmax", eps: float = 1e-7):
+                 relu: bool = True, normalize: str = "minmax", eps: float = 1e-7, method: str = "gradcam"):
         check_submodules(model, [target_layer])
+        check_method(method, "BatchCAM")
         self.model = model
         self.target_layer = target_layer
         self.backend = validate_backend(backend)
-        self.cam_options = dict(relu=relu, normalize=normalize, eps=eps)
+        self.cam_options = dict(relu=relu, normalize=normalize, eps=eps, method=method)
         self._capture = LayerCapture([target_layer])
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None, *,

@@ -19,6 +19,7 @@ import sys
 from .backend import BACKENDS
 from .checkpoints import atomic_write_text
 from .data import DATASETS
+from .definitions import METHODS
 from .figures import example_grid
 from .outputs import prepare_output_dir
 from .training import CONFIG_CHOICES, PROTOCOLS, TrainConfig, train
@@ -32,6 +33,7 @@ _FIELD_HELP = {
     "optimizer": "adam | sgd",
     "distance": "l1 | l2 | ssim, for the map losses",
     "cam_grad": "second-order (train through the gradients) | detached",
+    "cam_method": "the CAM of the map losses: " + " | ".join(METHODS),
     "backend": "fused | triton | cuda | reference",
     "amp": "bfloat16 autocast",
     "compile": "torch.compile the model body (and the head with --cam-grad detached)",
@@ -99,12 +101,14 @@ def _config(args, **overrides):
 
 
 def compare_table(results):
-    """Markdown table of the protocols' metrics, side by side."""
-    header = "| protocol | test accuracy | L1 | L2 | SSIM | s / epoch | forward ms | forward + maps ms |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    """Markdown table of the protocols' metrics, side by side (the CAM method of each run's map
+    losses; the metrics' maps are Grad-CAM's for the baseline)."""
+    header = "| protocol | CAM | test accuracy | L1 | L2 | SSIM | s / epoch | forward ms | forward + maps ms |"
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lat = r["latency_ms"]
-        lines.append(f"| {r['protocol']} | {100 * r['test_accuracy']:.2f}% | {r['l1']:.4f} | {r['l2']:.4f} | "
+        cam = r["config"].get("cam_method", "gradcam") if r["protocol"] != "baseline" else "-"
+        lines.append(f"| {r['protocol']} | {cam} | {100 * r['test_accuracy']:.2f}% | {r['l1']:.4f} | {r['l2']:.4f} | "
                      f"{r['ssim']:.4f} | {r['train_seconds_per_epoch']:.1f} | {lat['forward']:.1f} | "
                      f"{lat['forward_with_maps']:.1f} |")
     return "\n".join(lines)
@@ -113,8 +117,9 @@ def compare_table(results):
 def write_run_files(result, out):
     """The files of a finished run beside its checkpoint: metrics.json and examples.png."""
     atomic_write_text(json.dumps(result.metrics, indent=1), os.path.join(out, "metrics.json"))
-    example_grid(result.model, result.test_data, result.prototypes, result.metrics["config"]["backend"],
-                 os.path.join(out, "examples.png"))
+    config = result.metrics["config"]
+    example_grid(result.model, result.test_data, result.prototypes, config["backend"],
+                 os.path.join(out, "examples.png"), method=config["cam_method"])
 
 
 def run_training(config):
@@ -131,15 +136,35 @@ def cmd_train(args):
         print(json.dumps({k: v for k, v in result.metrics.items() if k not in ("history", "config")}, indent=1))
 
 
+def cam_methods(text):
+    """argparse type: comma-separated CAM methods, e.g. gradcam,layercam."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise argparse.ArgumentTypeError(f"methods must be among {', '.join(METHODS)}, got {text!r}")
+    return list(dict.fromkeys(methods))
+
+
+def compare_runs(methods):
+    """(protocol, cam_method, folder name) of every run of a comparison: the baseline once, the
+    other protocols once per method (a folder per protocol, suffixed by the method but Grad-CAM's)."""
+    runs = [("baseline", methods[0], "baseline")]
+    for method in methods:
+        for protocol in PROTOCOLS[1:]:
+            runs.append((protocol, method, protocol if method == "gradcam" else f"{protocol}-{method}"))
+    return runs
+
+
 def cmd_compare(args):
     prepare_output_dir(args.out, overwrite=args.overwrite)
-    runs = [run_training(_config(args, protocol=protocol, out=os.path.join(args.out, protocol)))
-            for protocol in PROTOCOLS]
+    runs = [run_training(_config(args, protocol=protocol, cam_method=method, out=os.path.join(args.out, name)))
+            for protocol, method, name in compare_runs(args.cam_method)]
     if not runs[0].writes_files:
         return
     results = [run.metrics for run in runs]
     table = compare_table(results)
-    config = {k: v for k, v in results[0]["config"].items() if k not in ("protocol", "out", "resume", "progress")}
+    config = {k: v for k, v in results[0]["config"].items()
+              if k not in ("protocol", "cam_method", "out", "resume", "progress")}
     title = (f"Batch-CAM protocols: {config['model']} on {config['dataset']}, {config['epochs']} epochs, "
              f"batch {config['batch_size']}, device {results[0]['device']}")
     atomic_write_text(f"# {title}\n\n{table}\n\nconfig: `{json.dumps(config)}`\n", os.path.join(args.out, "compare.md"))
@@ -170,7 +195,10 @@ def build_parser():
     _add_config_arguments(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("compare", parents=[common], help="train the three protocols and compare them")
-    _add_config_arguments(p, skip=("protocol", "resume"))
+    _add_config_arguments(p, skip=("protocol", "resume", "cam_method"))
+    p.add_argument("--cam-method", type=cam_methods, default=["gradcam"],
+                   help="comma-separated CAM methods of the map losses, each run with the prototype and batchcam "
+                        f"protocols: {', '.join(METHODS)} (default: gradcam)")
     p.set_defaults(func=cmd_compare, out="runs/compare")
     p = sub.add_parser("explain", parents=[common], help="map overlays (PNG) and maps (.npy/.pt) from a checkpoint")
     p.add_argument("checkpoint", help="checkpoint.pt written by train")
@@ -187,6 +215,7 @@ def build_parser():
     p.add_argument("--maps", default=None, help="also write every map to this .npy or .pt file")
     p.add_argument("--overlays", type=non_negative_int, default=32,
                    help="write at most this many overlay PNGs (default: 32)")
+    p.add_argument("--method", default="gradcam", choices=METHODS, help="the CAM method (default: gradcam)")
     p.add_argument("--backend", default="fused", choices=BACKENDS, help="(default: fused)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--out", default="runs/explain", help="folder of the overlay PNGs (default: runs/explain)")
@@ -199,6 +228,8 @@ def build_parser():
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--backend", default="fused", choices=[b for b in BACKENDS if b != "reference"],
                    help="the fused op's backend to time against the reference (GPU kernel on CUDA)")
+    p.add_argument("--method", default="gradcam", choices=[*METHODS, "all"],
+                   help="the CAM method, or all of them one after the other (default: gradcam)")
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of runs per measurement")
     p.set_defaults(func=cmd_bench)
     return parser

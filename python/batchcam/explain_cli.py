@@ -71,7 +71,8 @@ def run_explain(args):
     for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch"):
         x = images[start:start + args.batch_size].to(device)
         y = labels[start:start + args.batch_size].to(device) if use_labels else None
-        maps, logits = explain(model, model.target_layer, x, y, backend=args.backend, return_logits=True)
+        maps, logits = explain(model, model.target_layer, x, y, method=args.method, backend=args.backend,
+                               return_logits=True)
         maps, preds = maps.cpu(), logits.argmax(1).tolist()
         all_maps.append(maps)
         for i in range(len(x)):

@@ -1,11 +1,12 @@
-"""`batchcam.explain`: Grad-CAM maps of a whole batch at inference, on the model's device.
+"""`batchcam.explain`: CAM maps (Grad-CAM and its family) of a whole batch at inference, on the
+model's device.
 
 One forward with hooks on every target layer, one `torch.autograd.grad` of the summed target
 scores with respect to all their outputs, one fused map per layer, then (as pytorch-grad-cam
 does) each map upsampled bilinearly to the requested size, the layers combined, and every
 sample's result scaled to [0, 1]:
 
-    map_l = fused_cam(A_l, dScore/dA_l)                 ReLU, min-max per sample, at layer size
+    map_l = fused_cam(A_l, dScore/dA_l, method)         ReLU, min-max per sample, at layer size
     out   = minmax(combine_l(up(map_l)))               combine: mean (pytorch-grad-cam) or max
 
 Because min-max scaling is affine and bilinear interpolation is a convex combination, one layer
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from .backend import get_backend
-from .cam import check_grad_mode, class_scores
+from .cam import check_grad_mode, check_method, class_scores
 from .capture import LayerCapture, check_submodules
 from .functional import fused_cam, upsample_maps
 
@@ -39,8 +40,8 @@ def per_sample_minmax(maps, eps):
 
 def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None, *, size="input",
             combine: str = "mean", reshape=None, relu: bool = True, eps: float = 1e-7,
-            backend: str | None = None, return_logits: bool = False):
-    """Grad-CAM maps for a batch, as a (B, *size) tensor on the images' device, in [0, 1]
+            method: str = "gradcam", backend: str | None = None, return_logits: bool = False):
+    """CAM maps for a batch, as a (B, *size) tensor on the images' device, in [0, 1]
     (float32, or float64 for float64 models).
 
     Args:
@@ -54,7 +55,8 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
         combine: "mean" or "max" over the target layers.
         reshape: turns a layer output that is not (B, C, *S) into one, e.g. the (B, N, C)
             tokens of a vision transformer into (B, C, h, w); applied to the gradients too.
-        relu, eps: as in `batchcam.fused_cam`. backend: as in `batchcam.fused_cam`.
+        relu, eps, method, backend: as in `batchcam.fused_cam` (method: "gradcam", "xgradcam",
+            "gradcampp", "layercam", "hirescam" or "elementwise").
         return_logits: also return the (detached) logits of the forward: (maps, logits).
 
     The model's mode, its parameters (values and `.grad`), its buffers (BatchNorm statistics of
@@ -63,6 +65,7 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
     layers = _as_layers(target_layers)
     check_submodules(model, layers)
     check_grad_mode("explain")
+    check_method(method, "explain")
     if combine not in COMBINE:
         raise ValueError(f"explain: combine must be one of {COMBINE}, got {combine!r}")
     if not (size in ("input", "layer") or (isinstance(size, (tuple, list, torch.Size)) and size
@@ -94,7 +97,7 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
         a, g = a.detach(), g.detach()
         if reshape is not None:
             a, g = reshape(a), reshape(g)
-        m = fused_cam(a, g, relu=relu, normalize="minmax", eps=eps, backend=backend)
+        m = fused_cam(a, g, relu=relu, normalize="minmax", eps=eps, method=method, backend=backend)
         m = m.to(torch.promote_types(m.dtype, torch.float32))  # half-precision maps: float32
         if out_size is not None and m.dim() - 1 != len(out_size):
             raise ValueError(

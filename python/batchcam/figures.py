@@ -32,7 +32,7 @@ def _tile(rgb_or_grey: np.ndarray, scale: int) -> Image.Image:
                                                Image.NEAREST)
 
 
-def example_grid(model, data, prototypes, backend, path, per_class=2, scale=3):
+def example_grid(model, data, prototypes, backend, path, per_class=2, scale=3, method="gradcam"):
     """Writes a PNG: for `per_class` test samples of every class, one row of input, map overlay,
     reconstruction up(cam) * x, and the class prototype. Maps are for the true class."""
     picks = torch.cat([torch.nonzero(data.labels == c)[:per_class, 0] for c in range(len(data.classes))])
@@ -40,7 +40,7 @@ def example_grid(model, data, prototypes, backend, path, per_class=2, scale=3):
     x, y = data.images[picks].to(device), data.labels[picks].to(device)
     was_training = model.training
     model.eval()
-    with BatchCAM(model, model.target_layer, backend=backend) as cam:
+    with BatchCAM(model, model.target_layer, backend=backend, method=method) as cam:
         _, maps = cam(x, y)
     model.train(was_training)
     maps = maps.detach().float()

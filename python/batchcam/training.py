@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .backend import validate_backend
 from .cam import BatchCAM
+from .definitions import METHODS
 from .checkpoints import CheckpointError, checkpoint_epochs, load_checkpoint, load_into, save_checkpoint
 from .data import Split, load_split, stratified_indices
 from .devices import resolve_device
@@ -41,7 +42,7 @@ PROTOCOLS = ("baseline", "prototype", "batchcam")
 CAM_GRADS = ("second-order", "detached")
 # The allowed values of TrainConfig's fields that name a choice (the backend is checked by batchcam.backend).
 CONFIG_CHOICES = {"model": tuple(MODELS), "protocol": PROTOCOLS, "cam_grad": CAM_GRADS, "distance": DISTANCES,
-                  "optimizer": ("adam", "sgd")}
+                  "optimizer": ("adam", "sgd"), "cam_method": METHODS}
 
 
 @dataclass
@@ -60,6 +61,7 @@ class TrainConfig:
     batchcam_weight: float = 1.0
     distance: str = "l2"
     cam_grad: str = "second-order"
+    cam_method: str = "gradcam"
     backend: str = "fused"
     amp: bool = False  # bfloat16 autocast
     compile: bool = False
@@ -194,7 +196,9 @@ class TrainStep:
     def __init__(self, config, model, runner, prototypes, procs, cam_class=BatchCAM):
         target = runner.body if config.compile else model.target_layer
         self.config, self.runner, self.device = config, runner, procs.device
-        self.cam = cam_class(runner, target, backend=config.backend) if config.protocol != "baseline" else None
+        self.cam = None
+        if config.protocol != "baseline":
+            self.cam = cam_class(runner, target, backend=config.backend, method=config.cam_method)
         self.proto_loss = PrototypeLoss(prototypes, config.distance).to(procs.device)
         self.batch_loss = BatchCAMLoss(config.distance)
 
@@ -243,8 +247,9 @@ def non_finite_parameter(model):
 def restore(config, model, optimizer, ckpt_path, device):
     """Loads the run's checkpoint into model and optimizer; returns (epochs done, history)."""
     state = load_checkpoint(ckpt_path, device)
-    for option in ("model", "optimizer", "dataset", "data_dir"):
-        if state["config"].get(option) != getattr(config, option):
+    for option in ("model", "optimizer", "dataset", "data_dir", "cam_method"):
+        # An option the checkpoint does not name had its default then (cam_method came later).
+        if state["config"].get(option, getattr(TrainConfig, option)) != getattr(config, option):
             raise CheckpointError(f"{ckpt_path}: was trained with {option} {state['config'].get(option)!r}, "
                                   f"not {getattr(config, option)!r}; resume with the same {option}")
     done = checkpoint_epochs(state)
@@ -267,7 +272,7 @@ def evaluate(model, data: Split, prototypes, config, procs: Processes, batch_siz
     model.eval()
     images, labels = data.images[procs.rank::procs.world], data.labels[procs.rank::procs.world]
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # correct, l1, l2, ssim, count
-    with BatchCAM(model, model.target_layer, backend=config.backend) as cam:
+    with BatchCAM(model, model.target_layer, backend=config.backend, method=config.cam_method) as cam:
         for start in range(0, len(labels), batch_size):
             x = images[start:start + batch_size].to(procs.device)
             y = labels[start:start + batch_size].to(procs.device)
@@ -302,7 +307,7 @@ def latency_ms(model, x, config, procs, repeats=10):
     model.eval()
     with torch.no_grad():
         plain = timed(lambda: model(x))
-    with BatchCAM(model, model.target_layer, backend=config.backend) as cam:
+    with BatchCAM(model, model.target_layer, backend=config.backend, method=config.cam_method) as cam:
         with_maps = timed(lambda: cam(x))
     model.train(was_training)
     return {"forward": plain, "forward_with_maps": with_maps}
