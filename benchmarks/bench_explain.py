@@ -1,16 +1,20 @@
 """Explaining a batch: batchcam against the tools people use, on the same work.
 
-Same model, batch, device, target layer and target classes for every method:
+Same model, batch, device, target layer and target classes for every implementation, for each
+CAM method (--method; default all of gradcam, xgradcam, gradcampp, layercam, hirescam,
+elementwise):
 - batchcam (fused and reference backends): `batchcam.explain`, one forward and one backward;
-  also with `size="layer"`, maps left at the layer's size as TorchCAM returns them;
-- per-sample loop: one forward and one backward per image (the paper's "Algorithm 2");
-- pytorch-grad-cam `GradCAM` (maps finished in NumPy on the host);
-- Captum `LayerGradCam` (+ `LayerAttribution.interpolate`);
-- TorchCAM `GradCAM`.
-Every method's maps are brought to the same form (bilinear to the input size, min-max per sample)
-and checked against batchcam's before anything is timed; then the median time per batch (CPU:
-all methods round-robin, one call each per round) is printed with its ratio to a plain forward
-(no grad) of the batch and to batchcam.
+  for Grad-CAM also with `size="layer"`, maps left at the layer's size as TorchCAM returns them;
+- pytorch-grad-cam's class of the method (maps finished in NumPy on the host);
+- TorchCAM's class of the method, where it has one (GradCAM, XGradCAM, GradCAMpp, LayerCAM);
+- for Grad-CAM: a per-sample loop (one forward and one backward per image, the paper's
+  "Algorithm 2") and Captum `LayerGradCam` (+ `LayerAttribution.interpolate`).
+Every implementation's maps are brought to the same form (bilinear to the input size, min-max per
+sample) and compared with batchcam's before anything is timed: pytorch-grad-cam's, Captum's and
+batchcam's own must agree (TOLERANCE); TorchCAM's difference is reported, not required (its
+Grad-CAM++ weights are sum_p relu(G) G^2, benchmarks/tools/torchcam_gradcampp.py). Then the median
+time per batch (CPU: all implementations round-robin, one call each per round) is printed with its
+ratio to a plain forward (no grad) of the batch and to batchcam.
 
 The anchors are benchmark-only: run this in an environment that has them, e.g.
     python -m venv /opt/bcbench && /opt/bcbench/bin/pip install torch==2.14.1 torchvision==0.29.1 \
@@ -30,6 +34,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batchcam  # noqa: E402
+from batchcam.definitions import METHODS  # noqa: E402
 from batchcam.explanation import per_sample_minmax  # noqa: E402
 from batchcam.models import build_model  # noqa: E402
 from common import machine, measure_interleaved, write_result  # noqa: E402
@@ -38,6 +43,12 @@ from common import machine, measure_interleaved, write_result  # noqa: E402
 # layer resolution; on these untrained models the raw maps span only about 1e-3, so the maps agree
 # to about 1e-4, not to float32 rounding.
 TOLERANCE = 1e-3
+# The anchors' class of each method: pytorch-grad-cam (pytorch_grad_cam), TorchCAM (torchcam.methods).
+GRAD_CAM_CLASSES = {"gradcam": "GradCAM", "xgradcam": "XGradCAM", "gradcampp": "GradCAMPlusPlus",
+                    "layercam": "LayerCAM", "hirescam": "HiResCAM", "elementwise": "GradCAMElementWise"}
+TORCHCAM_CLASSES = {"gradcam": "GradCAM", "xgradcam": "XGradCAM", "gradcampp": "GradCAMpp", "layercam": "LayerCAM"}
+# Implementations whose maps are compared and reported, but not required to agree.
+REPORTED_ONLY = ("torchcam",)
 
 
 def to_input_size(maps, size):
@@ -64,52 +75,58 @@ def per_sample_loop(model, layer, x, targets):
     return torch.stack(maps)
 
 
-def methods(model, layer, x, targets):
-    """({name: function returning maps of any resolution or normalisation} for every method whose
-    package imports, {anchor: import error} for the anchors that do not)."""
+def methods(model, layer, x, targets, method):
+    """({name: function returning maps of any resolution or normalisation} for every implementation
+    of `method` whose package imports, {anchor: import error} for the anchors that do not)."""
     size = x.shape[2:]
     missing = {}
     found = {
-        "batchcam fused": lambda: batchcam.explain(model, layer, x, targets, backend="fused"),
-        "batchcam reference": lambda: batchcam.explain(model, layer, x, targets, backend="reference"),
-        "batchcam fused, layer size": lambda: batchcam.explain(model, layer, x, targets, backend="fused",
-                                                               size="layer"),
-        "per-sample loop": lambda: per_sample_loop(model, layer, x, targets),
+        "batchcam fused": lambda: batchcam.explain(model, layer, x, targets, method=method, backend="fused"),
+        "batchcam reference": lambda: batchcam.explain(model, layer, x, targets, method=method, backend="reference"),
     }
+    if method == "gradcam":
+        found["batchcam fused, layer size"] = lambda: batchcam.explain(model, layer, x, targets, backend="fused",
+                                                                       size="layer")
+        found["per-sample loop"] = lambda: per_sample_loop(model, layer, x, targets)
     try:
-        from pytorch_grad_cam import GradCAM
+        import pytorch_grad_cam
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+        cam_class = getattr(pytorch_grad_cam, GRAD_CAM_CLASSES[method])
         classes = [ClassifierOutputTarget(int(t)) for t in targets]
 
         def grad_cam_maps():
             # Its hooks copy the layer's output to the host on every forward of the model: they
             # live only for its own call, or every other method would pay for them too.
-            with GradCAM(model=model, target_layers=[layer]) as grad_cam:
+            with cam_class(model=model, target_layers=[layer]) as grad_cam:
                 return grad_cam(input_tensor=x, targets=classes)
 
         found["pytorch-grad-cam"] = grad_cam_maps
     except ImportError as error:
         missing["pytorch-grad-cam"] = str(error)
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
+    if method == "gradcam":
+        try:
+            from captum.attr import LayerAttribution, LayerGradCam
 
-        captum_cam = LayerGradCam(model, layer)
-        found["captum"] = lambda: LayerAttribution.interpolate(
-            captum_cam.attribute(x, target=targets, relu_attributions=True), tuple(size), "bilinear")[:, 0]
-    except ImportError as error:
-        missing["captum"] = str(error)
-    try:
-        from torchcam.methods import GradCAM as TorchCAMGradCAM
+            captum_cam = LayerGradCam(model, layer)
+            found["captum"] = lambda: LayerAttribution.interpolate(
+                captum_cam.attribute(x, target=targets, relu_attributions=True), tuple(size), "bilinear")[:, 0]
+        except ImportError as error:
+            missing["captum"] = str(error)
+    if method in TORCHCAM_CLASSES:
+        try:
+            import torchcam.methods
 
-        def torchcam_maps():
-            with TorchCAMGradCAM(model, target_layer=layer) as extractor:
-                scores = model(x)
-                return extractor(class_idx=targets.tolist(), scores=scores)[0]
+            torchcam_class = getattr(torchcam.methods, TORCHCAM_CLASSES[method])
 
-        found["torchcam"] = torchcam_maps
-    except ImportError as error:
-        missing["torchcam"] = str(error)
+            def torchcam_maps():
+                with torchcam_class(model, target_layer=layer) as extractor:
+                    scores = model(x)
+                    return extractor(class_idx=targets.tolist(), scores=scores)[0]
+
+            found["torchcam"] = torchcam_maps
+        except ImportError as error:
+            missing["torchcam"] = str(error)
     return found, missing
 
 
@@ -135,20 +152,20 @@ def check_agreement(label, candidates, x):
             out = fn()
             maps = to_input_size(out.detach().cpu() if torch.is_tensor(out) else np.asarray(out), x.shape[2:])
             agreement[name] = float((maps - reference).abs().max())
-            if not agreement[name] <= TOLERANCE:
+            if not agreement[name] <= TOLERANCE and name not in REPORTED_ONLY:
                 raise AssertionError(f"{label}: {name} disagrees with batchcam by {agreement[name]:.2e} > {TOLERANCE}")
     return agreement
 
 
-def bench_model(label, model, layer, x, device, budget, rounds, repeats):
-    """Table rows: median time of each method over `repeats` timings (all methods round-robin in
-    each), its ratios to a plain forward and to batchcam fused, and with repeats > 1 the range of
-    the ratio to a forward over the repeats; and the anchors that failed to import."""
+def bench_model(label, model, layer, x, device, budget, rounds, repeats, method):
+    """Table rows: median time of each implementation of `method` over `repeats` timings (all
+    round-robin in each), its ratios to a plain forward and to batchcam fused, and with repeats > 1
+    the range of the ratio to a forward over the repeats; and the anchors that failed to import."""
     model.eval()
     with torch.no_grad():
         targets = model(x).argmax(1)
-    candidates, missing = methods(model, layer, x, targets)
-    agreement = check_agreement(label, candidates, x)
+    candidates, missing = methods(model, layer, x, targets, method)
+    agreement = check_agreement(f"{label}, {method}", candidates, x)
 
     def plain_forward():
         with torch.no_grad():
@@ -159,9 +176,9 @@ def bench_model(label, model, layer, x, device, budget, rounds, repeats):
     times = {name: statistics.median(t[name] for t in timings) for name in timings[0]}
     forward = times.pop("forward")
     spread = [""] if repeats > 1 else []
-    rows = [[label, "plain forward (no maps)", f"{forward * 1e3:.2f}", "1.00", "-", "-", *spread]]
+    rows = [[label, method, "plain forward (no maps)", f"{forward * 1e3:.2f}", "1.00", "-", "-", *spread]]
     for name, t in times.items():
-        row = [label, name, f"{t * 1e3:.2f}", f"{t / forward:.2f}", f"{t / times['batchcam fused']:.2f}",
+        row = [label, method, name, f"{t * 1e3:.2f}", f"{t / forward:.2f}", f"{t / times['batchcam fused']:.2f}",
                f"{agreement[name]:.1e}"]
         if repeats > 1:
             ratios = [r[name] / r["forward"] for r in timings]
@@ -180,12 +197,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each model this many times; the table gives medians and the range "
                              "of each method's time over a forward's")
+    parser.add_argument("--method", default="all", choices=[*METHODS, "all"],
+                        help="the CAM method, or every method in turn (default: all)")
     parser.add_argument("--out", default=os.environ.get("OUT"))
     args = parser.parse_args()
+    cam_methods = list(METHODS) if args.method == "all" else [args.method]
     device = torch.device(args.device)
     torch.manual_seed(0)
     info = machine(device)
-    header = ["model, batch", "method", "ms / batch", "x forward", "x batchcam fused", "max |map diff|"]
+    header = ["model, batch", "method", "implementation", "ms / batch", "x forward", "x batchcam fused",
+              "max |map diff|"]
     header += ["x forward range"] if args.repeats > 1 else []
     rows, failures, missing_anchors = [], [], {}
     setups = [("simple-cnn 28x28, 256", build_model("simple-cnn"), 256, 28),
@@ -199,13 +220,15 @@ def main():
         channels = 3 if "torchvision" in label else 1
         x = torch.rand(batch, channels, side, side, device=device)
         layer = model.layer4 if "torchvision" in label else model.target_layer
-        try:
-            model_rows, missing = bench_model(label, model, layer, x, device, args.budget, args.rounds, args.repeats)
-            rows += model_rows
-            missing_anchors.update(missing)
-        except AssertionError as disagreement:  # reported, and the other models still run
-            failures.append(str(disagreement))
-            print(f"FAILED {disagreement}", flush=True)
+        for method in cam_methods:
+            try:
+                model_rows, missing = bench_model(label, model, layer, x, device, args.budget, args.rounds,
+                                                  args.repeats, method)
+                rows += model_rows
+                missing_anchors.update(missing)
+            except AssertionError as disagreement:  # reported, and the other models and methods still run
+                failures.append(str(disagreement))
+                print(f"FAILED {disagreement}", flush=True)
     if missing_anchors:  # the run still times batchcam, the per-sample loop and the forward
         print("anchors not timed (import failed): " + "; ".join(f"{k}: {v}" for k, v in missing_anchors.items()))
     table, paths = write_result("bench_explain", info, header, rows,

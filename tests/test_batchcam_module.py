@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import batchcam
+from batchcam.definitions import METHODS
 
 
 class SmallCNN(nn.Module):
@@ -66,6 +67,20 @@ def test_maps_match_manual_grad_cam():
     (g,) = torch.autograd.grad(score, feats)
     torch.testing.assert_close(maps, batchcam.fused_cam_reference(feats, g))
     assert maps.shape == (6, 6, 6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_of_every_method(method):
+    """BatchCAM(method=) runs the method's map on the layer's activations and gradients."""
+    model, layer, x = model_and_batch()
+    with batchcam.BatchCAM(model, layer, method=method) as cam:
+        _, maps = cam(x)
+    feats = model.features(x)
+    out = model.head(feats)
+    (g,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), feats)
+    torch.testing.assert_close(maps, batchcam.fused_cam_reference(feats, g, method=method))
+    with pytest.raises(ValueError, match="method must be one of"):
+        batchcam.BatchCAM(model, layer, method="scorecam")
 
 
 def test_mode_hooks_and_no_state():

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import batchcam
+from batchcam.definitions import METHODS
 from batchcam.models import SimpleCNN
 
 
@@ -44,6 +45,23 @@ def test_single_layer_matches_manual(backend):
     maps = batchcam.explain(model, model.target_layer, x, backend=backend)
     assert maps.shape == (5, 28, 28)
     torch.testing.assert_close(maps, manual_grad_cam(model, model.target_layer, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method(method):
+    """explain(method=): the method's map at layer size, min-max scaled, upsampled and scaled."""
+    model, x = setup()
+    feats = {}
+    handle = model.target_layer.register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
+    logits = model(x)
+    handle.remove()
+    (g,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), feats["a"])
+    cam = batchcam.fused_cam_reference(feats["a"], g, method=method)
+    expected = minmax(F.interpolate(cam.unsqueeze(1), size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0])
+    torch.testing.assert_close(batchcam.explain(model, model.target_layer, x, method=method), expected.detach(),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="method must be one of"):
+        batchcam.explain(model, model.target_layer, x, method="gradcam++")
 
 
 @pytest.mark.parametrize("combine", ["mean", "max"])

@@ -107,7 +107,29 @@ def test_cli_compare_writes_the_table(tmp_path, capsys):
         assert os.path.exists(os.path.join(out, protocol, "examples.png"))
     results = json.load(open(os.path.join(out, "compare.json")))["results"]
     assert [r["protocol"] for r in results] == ["baseline", "prototype", "batchcam"]
-    assert "| protocol | test accuracy |" in capsys.readouterr().out
+    assert "| protocol | CAM | test accuracy |" in capsys.readouterr().out
+
+
+def test_cli_compare_of_several_cam_methods(tmp_path, capsys):
+    """--cam-method a,b: the baseline once, the two map-loss protocols per method, each in its folder
+    and its row of the table; a resumed run must keep its method."""
+    out = str(tmp_path / "cmp")
+    code = cli_main(["compare", "--epochs", "1", "--train-limit", "200", "--test-limit", "50", "--batch-size", "64",
+                     "--no-progress", "--cam-method", "gradcam,layercam", "--out", out])
+    assert code == 0
+    results = json.load(open(os.path.join(out, "compare.json")))["results"]
+    assert [(r["protocol"], r["config"]["cam_method"]) for r in results] == [
+        ("baseline", "gradcam"), ("prototype", "gradcam"), ("batchcam", "gradcam"),
+        ("prototype", "layercam"), ("batchcam", "layercam")]
+    table = open(os.path.join(out, "compare.md")).read()
+    assert "| batchcam | layercam |" in table and "| baseline | - |" in table
+    assert os.path.exists(os.path.join(out, "batchcam-layercam", "examples.png"))
+    assert cli_main(["train", "--epochs", "2", "--train-limit", "200", "--test-limit", "50", "--batch-size", "64",
+                     "--no-progress", "--protocol", "batchcam", "--cam-method", "gradcampp", "--resume",
+                     "--out", os.path.join(out, "batchcam-layercam")]) == 1
+    assert "was trained with cam_method 'layercam', not 'gradcampp'" in capsys.readouterr().err
+    assert cli_main(["compare", "--cam-method", "gradcam,scorecam", "--out", str(tmp_path / "x")]) == 2
+    assert "methods must be among" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):
