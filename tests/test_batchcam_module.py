@@ -120,5 +120,17 @@ def test_bad_target_layer():
     model, _, x = model_and_batch()
     with pytest.raises(ValueError, match="not a submodule"):
         batchcam.BatchCAM(model, nn.Conv2d(1, 1, 1))
-    with batchcam.BatchCAM(model, model.head[2]) as cam, pytest.raises(ValueError, match=r"\(B, C, \*S\)"):
-        cam(x)
+    with batchcam.BatchCAM(model, model.head[2]) as cam:  # (B, C): the gradient is the weight, maps (B, 1)
+        assert cam(x)[1].shape == (6, 1)
+
+    class Scalar(nn.Module):  # one value per sample: no channel dim
+        def forward(self, t):
+            return t.sum(1)
+
+    class Lift(nn.Module):
+        def forward(self, t):
+            return torch.stack([t, -t], dim=1)
+
+    net = nn.Sequential(nn.Linear(4, 3), Scalar(), Lift())
+    with batchcam.BatchCAM(net, net[1]) as cam, pytest.raises(ValueError, match=r"\(B, C, \*S\)"):
+        cam(torch.randn(5, 4))

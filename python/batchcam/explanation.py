@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from .backend import get_backend
-from .cam import check_grad_mode, check_method, class_scores
-from .capture import LayerCapture, check_submodules
+from .cam import call_model, channel_terms, check_grad_mode, check_method, class_scores
+from .capture import LayerCapture, as_channels_first, check_submodules, flatten_captured, layer_gradients
 from .functional import fused_cam, upsample_maps
 
 COMBINE = ("mean", "max")
@@ -38,16 +38,23 @@ def per_sample_minmax(maps, eps):
     return (maps - lo.view(shape)) / (hi - lo + eps).view(shape)
 
 
-def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None, *, size="input",
-            combine: str = "mean", reshape=None, relu: bool = True, eps: float = 1e-7,
-            method: str = "gradcam", backend: str | None = None, return_logits: bool = False):
-    """CAM maps for a batch, as a (B, *size) tensor on the images' device, in [0, 1]
-    (float32, or float64 for float64 models).
+NORMALIZE = ("minmax", "none")
+
+
+def explain(model: nn.Module, target_layers, images, targets=None, *, size="input", combine: str = "mean",
+            reshape=None, relu: bool = True, normalize: str = "minmax", eps: float = 1e-7, method: str = "gradcam",
+            layer_input: bool = False, sum_channels: bool = True, forward_args=(), forward_kwargs=None,
+            backend: str | None = None, return_logits: bool = False):
+    """CAM maps for a batch, as a (B, *size) tensor on the images' device (float32, or float64 for
+    float64 models): in [0, 1] by default, raw with normalize="none".
 
     Args:
         model: returns logits (B, classes) for `images`.
-        target_layers: a module or a list of modules of `model`, each run once per forward.
-        images: the batch, on the model's device.
+        target_layers: a module or a list of modules of `model`, each run once per forward. A
+            layer may output (B, C, *S), (B, C) (no spatial dims: maps (B, 1), size="layer"), or
+            a tuple or list of tensors (one target layer only: a tuple of maps, one per tensor).
+        images: the batch, on the model's device; a tuple of tensors for a model of several
+            inputs (called as model(*images, *forward_args, **forward_kwargs)).
         targets: None (predicted classes), a (B,) tensor of class indices, a callable on the
             (B, classes) logits returning (B,) scores, or B callables on one sample's logits.
         size: "input" (the images' spatial size), "layer" (each map at its layer's size: one
@@ -57,10 +64,22 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
             tokens of a vision transformer into (B, C, h, w); applied to the gradients too.
         relu, eps, method, backend: as in `batchcam.fused_cam` (method: "gradcam", "xgradcam",
             "gradcampp", "layercam", "hirescam" or "elementwise").
+        normalize: "minmax" (each layer's map scaled to [0, 1] at its size, as pytorch-grad-cam
+            does, and the result again) or "none" (the raw map: Captum's LayerGradCam).
+        layer_input: explain what the layers take as input (their positional arguments) instead of
+            their outputs (Captum's attribute_to_layer_input).
+        sum_channels: False returns the per-channel terms (B, C, *S) before the channel sum
+            (Captum's attr_dim_summation=False): one layer, size="layer", normalize="none".
+        forward_args, forward_kwargs: more arguments of the model, after the images.
         return_logits: also return the (detached) logits of the forward: (maps, logits).
 
-    The model's mode, its parameters (values and `.grad`), its buffers (BatchNorm statistics of
-    a model in train mode) and its hooks are left as they were.
+    A layer that does not influence the target (no gradient reaches it) gets zero maps, as in
+    Captum. The model's mode, its parameters (values and `.grad`), its buffers (BatchNorm
+    statistics of a model in train mode) and its hooks are left as they were.
+
+    Captum's `LayerGradCam(model, layer).attribute(x, target=t)` is
+    `explain(model, layer, x, t, relu=False, normalize="none", size="layer")` (maps (B, *S)
+    rather than (B, 1, *S)).
     """
     layers = _as_layers(target_layers)
     check_submodules(model, layers)
@@ -68,49 +87,70 @@ def explain(model: nn.Module, target_layers, images: torch.Tensor, targets=None,
     check_method(method, "explain")
     if combine not in COMBINE:
         raise ValueError(f"explain: combine must be one of {COMBINE}, got {combine!r}")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"explain: normalize must be one of {NORMALIZE}, got {normalize!r}")
     if not (size in ("input", "layer") or (isinstance(size, (tuple, list, torch.Size)) and size
                                            and all(isinstance(n, int) and n > 0 for n in size))):
         raise ValueError(f"explain: size must be 'input', 'layer' or a tuple of positive ints, got {size!r}")
     if size == "layer" and len(layers) > 1:
         raise ValueError("explain: size='layer' needs a single target layer")
+    if not sum_channels and (size != "layer" or normalize != "none"):
+        raise ValueError("explain: sum_channels=False gives per-channel terms at the layer's size, unnormalised: "
+                         "pass size='layer' and normalize='none'")
+    first_input = images[0] if isinstance(images, tuple) else images
     # The forward records no graph below the first target layer (nothing there needs a gradient):
     # it starts under no_grad and the capture hook turns grad mode on.
-    capture = LayerCapture(layers, grad_from_capture=True)
+    capture = LayerCapture(layers, grad_from_capture=True, layer_input=layer_input)
     buffers = [b.detach().clone() for b in model.buffers()]  # a train-mode forward updates some
     capture.start()
     try:
         with torch.no_grad():
-            logits = model(images)
-        outputs = capture.stop()
+            logits = call_model(model, images, forward_args, forward_kwargs)
+        captured = capture.stop()
+        tensors = flatten_captured(captured)
         with torch.enable_grad():
             score = class_scores(logits, targets).sum()
-            grads = torch.autograd.grad(score, outputs)
+            grads = layer_gradients(score, tensors)
     finally:
         capture.remove()
         with torch.no_grad():
             for buffer, saved in zip(model.buffers(), buffers):
                 buffer.copy_(saved)
+    several = any(isinstance(value, tuple) for value in captured)
+    if several and len(layers) > 1:
+        raise ValueError("explain: a target layer of several tensors (a tuple) needs to be the only target layer")
     backend = backend or get_backend()
-    out_size = images.shape[2:] if size == "input" else None if size == "layer" else tuple(size)
+    out_size = first_input.shape[2:] if size == "input" else None if size == "layer" else tuple(size)
     maps = []
-    for a, g in zip(outputs, grads):
+    for a, g in zip(tensors, grads):
         a, g = a.detach(), g.detach()
         if reshape is not None:
             a, g = reshape(a), reshape(g)
-        m = fused_cam(a, g, relu=relu, normalize="minmax", eps=eps, method=method, backend=backend)
+        a, g = as_channels_first(a), as_channels_first(g)
+        if not sum_channels:
+            maps.append(channel_terms(a, g, relu, method))
+            continue
+        m = fused_cam(a, g, relu=relu, normalize=normalize, eps=eps, method=method, backend=backend)
         m = m.to(torch.promote_types(m.dtype, torch.float32))  # half-precision maps: float32
         if out_size is not None and m.dim() - 1 != len(out_size):
             raise ValueError(
                 f"explain: a layer output of shape {tuple(a.shape)} read as (B, C, *S) gives maps of "
                 f"{m.dim() - 1} spatial dims, but size has {len(out_size)}; for token outputs (B, N, C) "
-                "pass reshape= to turn them into (B, C, h, w)"
+                "pass reshape= to turn them into (B, C, h, w), for (B, C) outputs size='layer'"
             )
         if out_size is not None and tuple(m.shape[1:]) != tuple(out_size):
             m = upsample_maps(m, out_size)
         maps.append(m)
-    combined = maps[0]  # one layer: its map, no kernels spent on a mean or max of one
-    if len(maps) > 1:
-        stacked = torch.stack(maps)
-        combined = stacked.mean(0) if combine == "mean" else stacked.amax(0)
-    maps = per_sample_minmax(combined, eps)
-    return (maps, logits.detach()) if return_logits else maps
+
+    def finish(m):
+        return per_sample_minmax(m, eps) if normalize == "minmax" and sum_channels else m
+
+    if several:
+        result = tuple(finish(m) for m in maps)
+    else:
+        combined = maps[0]  # one layer: its map, no kernels spent on a mean or max of one
+        if len(maps) > 1:
+            stacked = torch.stack(maps)
+            combined = stacked.mean(0) if combine == "mean" else stacked.amax(0)
+        result = finish(combined)
+    return (result, logits.detach()) if return_logits else result
