@@ -3,7 +3,8 @@
 # A/B against a base version (when one is given), op, explain and training-step benchmarks, Triton
 # launch sweep, in that order of priority.
 # Each stage has its own time limit and a failing stage does not stop the next; result records are
-# appended to benchmarks/results/*.jsonl and to $OUT. Without the sweep, about 4 minutes on an H200.
+# appended to benchmarks/results/*.jsonl and to $OUT. Without the sweep, about 4 minutes on an H200
+# before the CAM method family (its tests and bench_methods add about as much again; not yet run).
 #
 #   bash benchmarks/gpu_check.sh
 #   STEPS="build bench_op" bash benchmarks/gpu_check.sh     # a subset
@@ -16,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/batchcam-gpu}"
 PY="${PYTHON:-python3}"
-STEPS="${STEPS:-build tests sanitize ab_triton bench_op bench_explain bench_train tune}"
+STEPS="${STEPS:-build tests sanitize ab_triton bench_op bench_methods bench_explain bench_train tune}"
 TRITON_BASE="${TRITON_BASE:-.ab/fused_cam.py}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS="$(nproc)" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
@@ -54,7 +55,7 @@ fi
 
 parallel=()
 "$PY" -c "import xdist" 2>/dev/null && parallel=(-n 8)
-run tests 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
+run tests 360 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${parallel[@]}"\
   -rfE > "$OUT/pytest-gpu.txt" 2>&1
 tail -40 "$OUT/pytest-gpu.txt" 2>/dev/null
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -1)"
@@ -62,7 +63,8 @@ sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-san
   "$PY" benchmarks/sanitize_cases.py
 [ -f "$TRITON_BASE" ] && run ab_triton 90 "$PY" benchmarks/tools/ab_triton.py --base "$TRITON_BASE" --out "$OUT"
 run bench_op 200 "$PY" benchmarks/bench_op.py --device cuda --budget 0.3 --out "$OUT"
-run bench_explain 120 "$PY" benchmarks/bench_explain.py --device cuda --budget 0.3 --out "$OUT"
+run bench_methods 240 "$PY" benchmarks/bench_op.py --device cuda --method all --float32-only --budget 0.2 --out "$OUT"
+run bench_explain 240 "$PY" benchmarks/bench_explain.py --device cuda --method all --budget 0.1 --out "$OUT"
 run bench_train 90 "$PY" benchmarks/bench_train.py --device cuda --models simple-cnn --out "$OUT"
 run tune 90 "$PY" benchmarks/tools/tune_triton.py --out "$OUT"
 exit $status

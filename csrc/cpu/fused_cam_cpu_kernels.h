@@ -587,6 +587,20 @@ template <Method M, typename acc_t>
   }
 }
 
+// (gA, gG) at one element of any method but Grad-CAM, given gs at its position (and, for the
+// weight-based methods, its channel's w, gw, S and x).
+template <Method M, typename acc_t>
+[[gnu::always_inline]] inline void element_grads(acc_t a, acc_t g, acc_t gs, acc_t w, acc_t gw, acc_t S, acc_t x,
+                                                 acc_t& ga, acc_t& gg) {
+  if constexpr (is_elementwise(M)) {
+    elementwise_partials<M>(a, g, ga, gg);
+    ga *= gs;
+    gg *= gs;
+  } else {
+    weight_method_grads<M>(a, g, gs, w, gw, S, x, ga, gg);
+  }
+}
+
 // x of weight_method_grads for a channel whose G row is g (n elements).
 template <Method M, typename acc_t, typename scalar_t>
 acc_t channel_grad_term(int64_t n, const scalar_t* g, acc_t gw, acc_t S) {
@@ -618,13 +632,7 @@ void method_backward_channels(int64_t P, const scalar_t* a, const scalar_t* g, c
       }
       for (int64_t p = 0; p < P; ++p) {
         acc_t da, dg;
-        if constexpr (is_elementwise(M)) {
-          elementwise_partials<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), da, dg);
-          da *= gs[p];
-          dg *= gs[p];
-        } else {
-          weight_method_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw, S, x, da, dg);
-        }
+        element_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw, S, x, da, dg);
         if constexpr (decltype(write_a)::value) ga[c * P + p] = static_cast<scalar_t>(da);
         if constexpr (decltype(write_g)::value) gg[c * P + p] = static_cast<scalar_t>(dg);
       }
@@ -643,12 +651,10 @@ void method_backward_positions(int64_t C, const scalar_t* a, const scalar_t* g, 
       for (int64_t c = 0; c < C; ++c) {
         const int64_t i = p * C + c;
         acc_t da, dg;
-        if constexpr (is_elementwise(M)) {
-          elementwise_partials<M>(at<acc_t>(a, i), at<acc_t>(g, i), da, dg);
-          da *= gs[p];
-          dg *= gs[p];
+        if constexpr (is_elementwise(M)) {  // no per-channel values
+          element_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], acc_t(0), acc_t(0), acc_t(0), acc_t(0), da, dg);
         } else {
-          weight_method_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], w[c], gw[c], S[c], x[c], da, dg);
+          element_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], w[c], gw[c], S[c], x[c], da, dg);
         }
         if constexpr (decltype(write_a)::value) ga[i] = static_cast<scalar_t>(da);
         if constexpr (decltype(write_g)::value) gg[i] = static_cast<scalar_t>(dg);

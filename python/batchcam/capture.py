@@ -11,11 +11,12 @@ class LayerCapture:
     only between `start()` and `stop()`.
 
     A layer's output may be a tensor or a tuple or list of tensors (each is captured); its inputs
-    are its positional arguments (a tensor for a layer of one input, else a tuple). A tensor that does not require grad (a frozen model,
-    or no_grad around the call) is replaced by a leaf that does, so that the scores can still be
-    differentiated with respect to it. With `grad_from_capture`, grad mode is switched on when a
-    target layer runs: a forward started under no_grad then records a graph only from the first
-    target layer on (the caller's no_grad context restores the mode when it exits).
+    are its positional arguments (a tensor for a layer of one input, else a tuple). A tensor that
+    does not require grad (a frozen model, or no_grad around the call) is replaced by a leaf that
+    does, so that the scores can still be differentiated with respect to it. With
+    `grad_from_capture`, grad mode is switched on when a target layer runs: a forward started
+    under no_grad then records a graph only from the first target layer on (the caller's no_grad
+    context restores the mode when it exits).
     """
 
     def __init__(self, layers: list[nn.Module], grad_from_capture: bool = False, layer_input: bool = False):
