@@ -15,6 +15,8 @@ from triton.compiler import ASTSource
 from batchcam_kernels import fused_cam as kernels
 
 DTYPES = {"fp32": tl.float32, "bf16": tl.float32, "fp16": tl.float32, "fp64": tl.float64}  # data: accumulation
+# Grad-CAM for every dtype, tile and variant; every other method (a constexpr of the same kernels)
+# in float32, for every tile with its usual variant (no wide offsets; stages as launched).
 SAMPLE = {"C": "i32", "P": "i32", "stride_b": "i64", "stride_c": "i32", "stride_p": "i32", "channels_per_split": "i32"}
 # (BLOCK_C, BLOCK_P, ONE_P_TILE): contiguous short rows, contiguous long rows, channels-last
 TILES = [(64, 64, True), (4, 1024, False), (256, 32, False)]
@@ -35,18 +37,22 @@ def main(capability):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
         data, accum = "*" + dtype, "*" + acc_name
         for (block_c, block_p, one_tile), (wide, stages) in itertools.product(TILES, VARIANTS):
-            tile = {"BLOCK_C": block_c, "BLOCK_P": block_p, "ACC": acc, "WIDE": wide, "ONE_P_TILE": one_tile,
-                    "STAGES": stages, "RELU": True, "NORMALIZE": kernels.NORMALIZE_CODES["minmax"]}
-            for finish in (False, True):
-                compile_kernel(kernels._forward_partial_kernel,
-                               {"A": data, "G": data, "W": accum, "S_PART": accum, "EXT": accum, "Y": data,
-                                **SAMPLE, "eps": "fp32"}, {**tile, "FINISH": finish}, target, 8)
-            for write_ga, write_gw in ((True, True), (True, False), (False, True)):
-                compile_kernel(kernels._backward_kernel,
-                               {"A": data, "W": accum, "GY": data, "S": accum, "EXT": accum, "GS": accum,
-                                "GA": data, "GW": data, **SAMPLE, "eps": "fp32"},
-                               {"WRITE_GA": write_ga, "WRITE_GW": write_gw, **tile}, target, 8)
-            count += 5
+            usual = not wide and stages == (3 if (block_c, block_p) == (256, 32) else 1)
+            methods = kernels.METHOD_CODES.values() if dtype == "fp32" and usual else [kernels.METHOD_CODES["gradcam"]]
+            for method in methods:
+                tile = {"BLOCK_C": block_c, "BLOCK_P": block_p, "ACC": acc, "WIDE": wide, "ONE_P_TILE": one_tile,
+                        "STAGES": stages, "RELU": True, "NORMALIZE": kernels.NORMALIZE_CODES["minmax"],
+                        "METHOD": method}
+                for finish in (False, True):
+                    compile_kernel(kernels._forward_partial_kernel,
+                                   {"A": data, "G": data, "W": accum, "S_PART": accum, "EXT": accum, "Y": data,
+                                    **SAMPLE, "eps": "fp32"}, {**tile, "FINISH": finish}, target, 8)
+                for write_ga, write_gg in ((True, True), (True, False), (False, True)):
+                    compile_kernel(kernels._backward_kernel,
+                                   {"A": data, "G": data, "W": accum, "GY": data, "S": accum, "EXT": accum,
+                                    "GS": accum, "GA": data, "GG": data, **SAMPLE, "eps": "fp32"},
+                                   {"WRITE_GA": write_ga, "WRITE_GG": write_gg, **tile}, target, 8)
+                count += 5
         for relu, normalize in itertools.product((True, False), kernels.NORMALIZE_CODES.values()):
             options = {"RELU": relu, "NORMALIZE": normalize, "BLOCK_P": 1024, "ACC": acc}
             compile_kernel(kernels._forward_finish_kernel,

@@ -2,13 +2,14 @@
 import pytest
 import torch
 
+import batchcam
 from batchcam import bench_cli
 from batchcam.cli import main as cli_main
 
 
 def table_rows(text):
     """The data rows of the printed Markdown table, as lists of cells."""
-    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| shape")]
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
@@ -16,11 +17,18 @@ def test_prints_both_passes_of_every_shape(capsys):
     code = cli_main(["bench", "--shape", "2,8,3,5", "--shape", "1,4,7", "--min-run-time", "0.01"])
     assert code == 0
     rows = table_rows(capsys.readouterr().out)
-    assert [(r[0], r[1]) for r in rows] == [("2,8,3,5", "fwd"), ("2,8,3,5", "fwd+bwd"),
-                                            ("1,4,7", "fwd"), ("1,4,7", "fwd+bwd")]
-    for _, _, fused_us, reference_us, ratio in rows:
+    assert [tuple(r[:3]) for r in rows] == [("gradcam", "2,8,3,5", "fwd"), ("gradcam", "2,8,3,5", "fwd+bwd"),
+                                            ("gradcam", "1,4,7", "fwd"), ("gradcam", "1,4,7", "fwd+bwd")]
+    for _, _, _, fused_us, reference_us, ratio in rows:
         assert float(fused_us) > 0 and float(reference_us) > 0
         assert float(ratio) == pytest.approx(float(reference_us) / float(fused_us), rel=0.02, abs=0.006)
+
+
+def test_every_method(capsys):
+    code = cli_main(["bench", "--shape", "2,8,3,5", "--method", "all", "--min-run-time", "0.01"])
+    assert code == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [(r[0], r[2]) for r in rows] == [(m, p) for m in batchcam.definitions.METHODS for p in ("fwd", "fwd+bwd")]
 
 
 def test_channels_last_and_half_dtypes(capsys):
@@ -48,8 +56,8 @@ def test_bad_shapes_fail_before_timing(argv, message, capsys):
 def test_disagreeing_maps_are_not_timed(monkeypatch):
     fused_cam = bench_cli.fused_cam
 
-    def off_by_a_little(activations, gradients, *, backend=None):
-        maps = fused_cam(activations, gradients, backend=backend)
+    def off_by_a_little(activations, gradients, *, method="gradcam", backend=None):
+        maps = fused_cam(activations, gradients, method=method, backend=backend)
         return maps if backend == "reference" else maps + 1e-3
 
     monkeypatch.setattr(bench_cli, "fused_cam", off_by_a_little)

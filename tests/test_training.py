@@ -194,6 +194,11 @@ def test_cli_explain_split_and_files(tmp_path, capsys):
     assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), str(image), "--maps",
                      str(tmp_path / "one.pt"), "--out", str(tmp_path / "files")]) == 0
     assert torch.load(tmp_path / "one.pt", weights_only=True).shape == (1, 28, 28)
+    # Another method, raw maps (Captum's form): the same positions, not scaled to [0, 1]
+    assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), "--limit", "4", "--method", "layercam",
+                     "--normalize", "none", "--maps", str(tmp_path / "raw.pt"), "--out", str(tmp_path / "raw")]) == 0
+    raw = torch.load(tmp_path / "raw.pt", weights_only=True)
+    assert raw.shape == (4, 28, 28) and raw.max() > 0 and len(os.listdir(tmp_path / "raw")) == 4
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), str(tmp_path / "bad.png"),
                      "--out", str(tmp_path / "bad")]) == 1

@@ -216,6 +216,9 @@ def build_parser():
     p.add_argument("--overlays", type=non_negative_int, default=32,
                    help="write at most this many overlay PNGs (default: 32)")
     p.add_argument("--method", default="gradcam", choices=METHODS, help="the CAM method (default: gradcam)")
+    p.add_argument("--normalize", default="minmax", choices=["minmax", "none"],
+                   help="maps of --maps scaled to [0, 1] per sample, or raw (Captum's); overlays are always "
+                        "scaled (default: minmax)")
     p.add_argument("--backend", default="fused", choices=BACKENDS, help="(default: fused)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--out", default="runs/explain", help="folder of the overlay PNGs (default: runs/explain)")

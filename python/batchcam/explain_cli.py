@@ -10,7 +10,7 @@ from tqdm import tqdm
 from .checkpoints import atomic_write, load_checkpoint, load_into
 from .data import load_split
 from .devices import resolve_device
-from .explanation import explain
+from .explanation import explain, per_sample_minmax
 from .figures import overlay
 from .models import build_model
 from .outputs import check_output_file, prepare_output_dir
@@ -71,10 +71,11 @@ def run_explain(args):
     for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch"):
         x = images[start:start + args.batch_size].to(device)
         y = labels[start:start + args.batch_size].to(device) if use_labels else None
-        maps, logits = explain(model, model.target_layer, x, y, method=args.method, backend=args.backend,
-                               return_logits=True)
+        maps, logits = explain(model, model.target_layer, x, y, method=args.method, normalize=args.normalize,
+                               backend=args.backend, return_logits=True)
         maps, preds = maps.cpu(), logits.argmax(1).tolist()
         all_maps.append(maps)
+        maps = maps if args.normalize == "minmax" else per_sample_minmax(maps, 1e-7)  # overlays: [0, 1]
         for i in range(len(x)):
             if written >= args.overlays:
                 break
