@@ -110,8 +110,7 @@ def table_rows(shape, times, kernels, bandwidth, gpu, method="gradcam", gradcam_
                     _ratio(times["compile", pass_name, "gpu"], fused[best])]
         row += [best] if len(kernels) > 1 else []
         if gradcam_times is not None:
-            mode_gc = ("gpu",) if gpu else ()
-            row += [_ratio(fused[best], min(gradcam_times[(f"fused:{k}", pass_name, *mode_gc)] for k in kernels))]
+            row += [_ratio(fused[best], min(gradcam_times[(f"fused:{k}", pass_name, *mode)] for k in kernels))]
         rows.append(row)
     return rows
 
