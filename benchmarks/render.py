@@ -60,7 +60,7 @@ def select(spec):
 def table(record, columns=None):
     if record["bench"] == "compare":  # a training comparison: its own table
         sys.path.insert(0, os.path.join(ROOT, "python"))
-        from batchcam.cli import compare_table
+        from batchcam.compare import compare_table
 
         return compare_table(record["results"])
     header, rows = record["header"], record["rows"]

@@ -6,6 +6,7 @@ traceback instead).
 
     batchcam train --protocol batchcam --model simple-cnn --epochs 5 --out runs/bc
     batchcam compare --model simple-cnn --epochs 5 --out runs/compare
+    batchcam compare --dataset mnist --epochs 10 --seeds 0,1,2 --out runs/mnist   # --resume continues it
     batchcam explain runs/bc/checkpoint.pt --split test --limit 16 --out runs/bc/explain
     batchcam bench --shape 64,512,7,7 --shape 16,256,56,56
     torchrun --nproc_per_node=2 -m batchcam train ...   # DistributedDataParallel
@@ -13,16 +14,13 @@ traceback instead).
 import argparse
 import dataclasses
 import json
-import os
 import sys
 
 from .backend import BACKENDS
-from .checkpoints import atomic_write_text
+from .compare import run_compare, run_training
 from .data import DATASETS
 from .definitions import METHODS
-from .figures import example_grid
-from .outputs import prepare_output_dir
-from .training import CONFIG_CHOICES, PROTOCOLS, TrainConfig, train
+from .training import CONFIG_CHOICES, TrainConfig
 
 _FIELD_HELP = {
     "model": "simple-cnn | resnet18 | convnext-v2-tiny",
@@ -100,36 +98,6 @@ def _config(args, **overrides):
     return TrainConfig(**values)
 
 
-def compare_table(results):
-    """Markdown table of the protocols' metrics, side by side (the CAM method of each run's map
-    losses; the metrics' maps are Grad-CAM's for the baseline)."""
-    header = "| protocol | CAM | test accuracy | L1 | L2 | SSIM | s / epoch | forward ms | forward + maps ms |"
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lat = r["latency_ms"]
-        cam = r["config"].get("cam_method", "gradcam") if r["protocol"] != "baseline" else "-"
-        lines.append(f"| {r['protocol']} | {cam} | {100 * r['test_accuracy']:.2f}% | {r['l1']:.4f} | {r['l2']:.4f} | "
-                     f"{r['ssim']:.4f} | {r['train_seconds_per_epoch']:.1f} | {lat['forward']:.1f} | "
-                     f"{lat['forward_with_maps']:.1f} |")
-    return "\n".join(lines)
-
-
-def write_run_files(result, out):
-    """The files of a finished run beside its checkpoint: metrics.json and examples.png."""
-    atomic_write_text(json.dumps(result.metrics, indent=1), os.path.join(out, "metrics.json"))
-    config = result.metrics["config"]
-    example_grid(result.model, result.test_data, result.prototypes, config["backend"],
-                 os.path.join(out, "examples.png"), method=config["cam_method"])
-
-
-def run_training(config):
-    """train(config), then its files written by the process that writes them."""
-    result = train(config)
-    if result.writes_files:
-        write_run_files(result, config.out)
-    return result
-
-
 def cmd_train(args):
     result = run_training(_config(args))
     if result.writes_files:
@@ -145,32 +113,22 @@ def cam_methods(text):
     return list(dict.fromkeys(methods))
 
 
-def compare_runs(methods):
-    """(protocol, cam_method, folder name) of every run of a comparison: the baseline once, the
-    other protocols once per method (a folder per protocol, suffixed by the method but Grad-CAM's)."""
-    runs = [("baseline", methods[0], "baseline")]
-    for method in methods:
-        for protocol in PROTOCOLS[1:]:
-            runs.append((protocol, method, protocol if method == "gradcam" else f"{protocol}-{method}"))
-    return runs
+def seed_list(text):
+    """argparse type: comma-separated seeds (integers >= 0), e.g. 0,1,2."""
+    try:
+        seeds = [non_negative_int(t.strip()) for t in text.split(",") if t.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"seeds: {e}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0 separated by commas, got {text!r}")
+    return list(dict.fromkeys(seeds))
 
 
 def cmd_compare(args):
-    prepare_output_dir(args.out, overwrite=args.overwrite)
-    runs = [run_training(_config(args, protocol=protocol, cam_method=method, out=os.path.join(args.out, name)))
-            for protocol, method, name in compare_runs(args.cam_method)]
-    if not runs[0].writes_files:
-        return
-    results = [run.metrics for run in runs]
-    table = compare_table(results)
-    config = {k: v for k, v in results[0]["config"].items()
-              if k not in ("protocol", "cam_method", "out", "resume", "progress")}
-    title = (f"Batch-CAM protocols: {config['model']} on {config['dataset']}, {config['epochs']} epochs, "
-             f"batch {config['batch_size']}, device {results[0]['device']}")
-    atomic_write_text(f"# {title}\n\n{table}\n\nconfig: `{json.dumps(config)}`\n", os.path.join(args.out, "compare.md"))
-    atomic_write_text(json.dumps({"config": config, "results": results}, indent=1),
-                      os.path.join(args.out, "compare.json"))
-    print(f"\n{title}\n\n{table}\n\nwritten: {os.path.join(args.out, 'compare.md')}, compare.json")
+    config = _config(args, resume=args.resume, cam_method=args.cam_method[0])
+    text = run_compare(config, args.cam_method, args.seeds or [args.seed], out=args.out)
+    if text is not None:
+        print("\n" + text)
 
 
 def cmd_explain(args):
@@ -196,6 +154,12 @@ def build_parser():
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("compare", parents=[common], help="train the three protocols and compare them")
     _add_config_arguments(p, skip=("protocol", "resume", "cam_method"))
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="comma-separated seeds, e.g. 0,1,2: every run once per seed, then mean, standard deviation "
+                        "and 95%% intervals of the differences to the baseline (default: --seed alone)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted compare in --out with the same options: finished runs are kept, "
+                        "the others continue from their last checkpoint")
     p.add_argument("--cam-method", type=cam_methods, default=["gradcam"],
                    help="comma-separated CAM methods of the map losses, each run with the prototype and batchcam "
                         f"protocols: {', '.join(METHODS)} (default: gradcam)")

@@ -9,11 +9,12 @@ class OutputError(ValueError):
 
 
 def prepare_output_dir(path: str, *, resume: bool = False, overwrite: bool = False,
-                       resumable: bool = False) -> str:
+                       resumable: str | None = None) -> str:
     """Makes sure `path` is a directory this process can write, creating it if needed.
 
     A directory that already holds files is refused unless `resume` (continue the run in it) or
-    `overwrite` (replace what it holds) is given; `resumable`: the refusal mentions --resume.
+    `overwrite` (replace what it holds) is given; where it holds the file named `resumable` (a
+    checkpoint, a comparison's plan), the refusal mentions --resume.
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputError(f"{path}: exists and is not a directory")
@@ -21,7 +22,7 @@ def prepare_output_dir(path: str, *, resume: bool = False, overwrite: bool = Fal
         names = sorted(os.listdir(path))
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         advice = ("pass --resume to continue the run in it or --overwrite to replace it"
-                  if resumable and "checkpoint.pt" in names else "pass --overwrite to write into it anyway")
+                  if resumable in names else "pass --overwrite to write into it anyway")
         raise OutputError(f"{path}: not empty ({shown}); {advice}")
     try:
         os.makedirs(path, exist_ok=True)

@@ -367,7 +367,7 @@ def prepare_run_dir(config: TrainConfig) -> str:
     ckpt_path = os.path.join(config.out, "checkpoint.pt")
     if config.resume and not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"resume: no checkpoint at {ckpt_path}")
-    prepare_output_dir(config.out, resume=config.resume, overwrite=config.overwrite, resumable=True)
+    prepare_output_dir(config.out, resume=config.resume, overwrite=config.overwrite, resumable="checkpoint.pt")
     if config.overwrite:
         for name in RUN_FILES:
             if os.path.exists(os.path.join(config.out, name)):
