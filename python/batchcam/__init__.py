@@ -3,7 +3,7 @@
 Layers, each importing only from itself and the layers above it in this list:
 - the op: definitions, backend, ops (checks, fake kernels, dispatch), reference, functional;
 - CAM: capture, cam (BatchCAM), explanation (explain);
-- training: losses, models, data, checkpoints, outputs, devices, training, figures;
+- training: losses, models, data, checkpoints, outputs, devices, training, figures, study, compare;
 - the command line: cli, explain_cli, bench_cli.
 """
 from . import ops  # noqa: F401  (registers torch.ops.batchcam.*)
