@@ -2,7 +2,7 @@
 
 Layers, each importing only from itself and the layers above it in this list:
 - the op: definitions, backend, ops (checks, fake kernels, dispatch), reference, functional;
-- CAM: capture, cam (BatchCAM), explanation (explain);
+- CAM: targets, capture, cam (BatchCAM), explanation (explain);
 - training: losses, models, data, checkpoints, outputs, devices, training, figures, study, compare;
 - the command line: cli, explain_cli, bench_cli.
 """
@@ -12,5 +12,7 @@ from .cam import BatchCAM
 from .explanation import explain
 from .functional import fused_cam
 from .reference import fused_cam_reference
+from .targets import EmbeddingTarget, SegmentationTarget
 
-__all__ = ["BatchCAM", "explain", "fused_cam", "fused_cam_reference", "get_backend", "set_backend"]
+__all__ = ["BatchCAM", "EmbeddingTarget", "SegmentationTarget", "explain", "fused_cam", "fused_cam_reference",
+           "get_backend", "set_backend"]

@@ -8,35 +8,7 @@ from .capture import LayerCapture, as_channels_first, check_submodules, flatten_
 from .definitions import METHODS
 from .functional import fused_cam
 from .reference import channel_sum_terms
-
-
-def class_scores(logits: torch.Tensor, targets=None) -> torch.Tensor:
-    """(B,) scores to explain: the logit of each sample's target class (None: the predicted one;
-    a (B,) tensor of class indices), or a callable on the (B, classes) logits returning (B,)
-    scores, or a sequence of B callables each taking one sample's logits (pytorch-grad-cam's
-    target objects)."""
-    if logits.dim() != 2:
-        raise ValueError(f"the model must return logits (B, classes), got {tuple(logits.shape)}")
-    if callable(targets):
-        scores = targets(logits)
-        if scores.shape != logits.shape[:1]:
-            raise ValueError(f"a target callable must return ({logits.shape[0]},) scores, got {tuple(scores.shape)}")
-        return scores
-    if isinstance(targets, (list, tuple)) and targets and callable(targets[0]):
-        if len(targets) != logits.shape[0]:
-            raise ValueError(f"{len(targets)} target callables for a batch of {logits.shape[0]}")
-        return torch.stack([t(row) for t, row in zip(targets, logits)])
-    if targets is None:
-        targets = logits.argmax(dim=1)
-    targets = torch.as_tensor(targets)
-    if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"targets must be a ({logits.shape[0]},) integer tensor, got "
-                         f"{tuple(targets.shape)} {targets.dtype}")
-    # The range is checked here for targets on the CPU; checking targets on a GPU would wait for
-    # the whole forward to finish (gather's own bounds check still catches them there).
-    if targets.device.type == "cpu" and targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
-        raise ValueError(f"targets must lie in [0, {logits.shape[1]}), got {targets.tolist()}")
-    return logits.gather(1, targets.to(logits.device, torch.long)[:, None])[:, 0]
+from .targets import class_scores, select_output
 
 
 def check_method(method, caller: str) -> None:
@@ -74,8 +46,8 @@ class BatchCAM:
     logits and the maps `fused_cam(A, dScore/dA)` of shape (B, *S).
 
     Args:
-        model: the network, returning logits (B, num_classes); called as `model(x)`, or
-            `model(*x, *forward_args, **forward_kwargs)` (see `__call__`).
+        model: the network, returning logits (B, num_classes) or what `targets` scores; called
+            as `model(x)`, or `model(*x, *forward_args, **forward_kwargs)` (see `__call__`).
         target_layer: a submodule of `model`. Its output may be (B, C, *S), (B, C) (no spatial
             dims: the gradient itself is the weight, maps (B, 1)), or a tuple or list of such
             tensors (maps for each, as a tuple).
@@ -86,6 +58,10 @@ class BatchCAM:
             its output (Captum's attribute_to_layer_input); maps for each input.
         sum_channels: False returns the per-channel terms (B, C, *S) before the channel sum
             (`channel_terms`, Captum's attr_dim_summation=False), unnormalised.
+        reshape: turns a layer output that is not (B, C, *S) into one, e.g. the (B, N, C) tokens
+            of a vision transformer into (B, C, h, w); applied to the gradients too.
+        output: picks the tensor to score from a model that returns a dict, tuple or object
+            (`batchcam.targets.select_output`: a key, an index or a callable).
 
     A layer that does not influence the target (no gradient reaches it) gets zero maps, as in
     Captum. The model's train/eval mode is restored after each call (`train=` may set it for the
@@ -95,23 +71,24 @@ class BatchCAM:
 
     def __init__(self, model: nn.Module, target_layer: nn.Module, backend: str = "fused", *,
                  relu: bool = True, normalize: str = "minmax", eps: float = 1e-7, method: str = "gradcam",
-                 layer_input: bool = False, sum_channels: bool = True):
+                 layer_input: bool = False, sum_channels: bool = True, reshape=None, output=None):
         check_submodules(model, [target_layer])
         check_method(method, "BatchCAM")
         self.model = model
         self.target_layer = target_layer
         self.backend = validate_backend(backend)
         self.cam_options = dict(relu=relu, normalize=normalize, eps=eps, method=method)
-        self.sum_channels = sum_channels
+        self.sum_channels, self.reshape, self.output = sum_channels, reshape, output
         self._capture = LayerCapture([target_layer], layer_input=layer_input)
 
     def __call__(self, x, targets: torch.Tensor | None = None, *, create_graph: bool = False,
                  train: bool | None = None, forward_args=(), forward_kwargs=None):
-        """Returns (logits, maps) for the batch `x`: maps (B, *S), or a tuple of them for a layer of
-        several tensors.
+        """Returns (output, maps) for the batch `x`: the model's (selected) output, its logits for a
+        classifier, and maps (B, *S), or a tuple of them for a layer of several tensors.
 
         x: the batch, or a tuple of tensors for a model of several inputs.
-        targets: None for the predicted classes, or a (B,) tensor of class indices.
+        targets: None for the predicted classes, a (B,) tensor of class indices, or a target of
+            `batchcam.targets` (SegmentationTarget, EmbeddingTarget, any callable returning (B,)).
         create_graph: True keeps the graph of the gradients, so a loss on the maps also trains
             through them (second order); False treats the channel weights as constants.
         train: None runs the model in its current mode; True/False sets it for this call.
@@ -126,7 +103,7 @@ class BatchCAM:
             if train is not None:
                 self.model.train(train)
             with torch.enable_grad():
-                logits = call_model(self.model, x, forward_args, forward_kwargs)
+                logits = select_output(call_model(self.model, x, forward_args, forward_kwargs), self.output)
                 (captured,) = self._capture.stop()
                 tensors = flatten_captured([captured])
                 score = class_scores(logits, targets).sum()
@@ -140,6 +117,8 @@ class BatchCAM:
 
     def maps(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """The map op: (B, C, *S) (or (B, C)) activations and gradients -> (B, *S) (or (B, 1))."""
+        if self.reshape is not None:
+            activations, gradients = self.reshape(activations), self.reshape(gradients)
         activations, gradients = as_channels_first(activations), as_channels_first(gradients)
         if not self.sum_channels:
             return channel_terms(activations, gradients, self.cam_options["relu"], self.cam_options["method"])

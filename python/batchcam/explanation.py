@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .backend import get_backend
-from .cam import call_model, channel_terms, check_grad_mode, check_method, class_scores
+from .cam import call_model, channel_terms, check_grad_mode, check_method
+from .targets import class_scores, select_output
 from .capture import LayerCapture, as_channels_first, check_submodules, flatten_captured, layer_gradients
 from .functional import fused_cam, upsample_maps
 
@@ -44,19 +45,23 @@ NORMALIZE = ("minmax", "none")
 def explain(model: nn.Module, target_layers, images, targets=None, *, size="input", combine: str = "mean",
             reshape=None, relu: bool = True, normalize: str = "minmax", eps: float = 1e-7, method: str = "gradcam",
             layer_input: bool = False, sum_channels: bool = True, forward_args=(), forward_kwargs=None,
-            backend: str | None = None, return_logits: bool = False):
+            output=None, backend: str | None = None, return_logits: bool = False):
     """CAM maps for a batch, as a (B, *size) tensor on the images' device (float32, or float64 for
     float64 models): in [0, 1] by default, raw with normalize="none".
 
     Args:
-        model: returns logits (B, classes) for `images`.
+        model: returns logits (B, classes) for `images`, or what `targets` scores (a
+            segmentation (B, K, H, W), an embedding (B, D); `output=` picks it from a dict, a tuple
+            or an object).
         target_layers: a module or a list of modules of `model`, each run once per forward. A
             layer may output (B, C, *S), (B, C) (no spatial dims: maps (B, 1), size="layer"), or
             a tuple or list of tensors (one target layer only: a tuple of maps, one per tensor).
         images: the batch, on the model's device; a tuple of tensors for a model of several
             inputs (called as model(*images, *forward_args, **forward_kwargs)).
-        targets: None (predicted classes), a (B,) tensor of class indices, a callable on the
-            (B, classes) logits returning (B,) scores, or B callables on one sample's logits.
+        targets: None (predicted classes), a (B,) tensor of class indices, a target of
+            `batchcam.targets` (`SegmentationTarget(classes, masks)`, `EmbeddingTarget(reference)`),
+            any callable on the batched output returning (B,) scores, or B callables on one
+            sample's output (pytorch-grad-cam's target objects).
         size: "input" (the images' spatial size), "layer" (each map at its layer's size: one
             target layer only), or a tuple of ints.
         combine: "mean" or "max" over the target layers.
@@ -71,7 +76,9 @@ def explain(model: nn.Module, target_layers, images, targets=None, *, size="inpu
         sum_channels: False returns the per-channel terms (B, C, *S) before the channel sum
             (Captum's attr_dim_summation=False): one layer, size="layer", normalize="none".
         forward_args, forward_kwargs: more arguments of the model, after the images.
-        return_logits: also return the (detached) logits of the forward: (maps, logits).
+        output: the model's output to score: a key, an index or a callable
+            (`batchcam.targets.select_output`), for models that return dicts, tuples or objects.
+        return_logits: also return the (detached) scored output of the forward: (maps, logits).
 
     A layer that does not influence the target (no gradient reaches it) gets zero maps, as in
     Captum. The model's mode, its parameters (values and `.grad`), its buffers (BatchNorm
@@ -105,7 +112,7 @@ def explain(model: nn.Module, target_layers, images, targets=None, *, size="inpu
     capture.start()
     try:
         with torch.no_grad():
-            logits = call_model(model, images, forward_args, forward_kwargs)
+            logits = select_output(call_model(model, images, forward_args, forward_kwargs), output)
         captured = capture.stop()
         tensors = flatten_captured(captured)
         with torch.enable_grad():
