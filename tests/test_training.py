@@ -188,7 +188,7 @@ def test_cli_explain_split_and_files(tmp_path, capsys):
                      "--overlays", "3", "--maps", os.path.join(out, "maps.npy"), "--out", out]) == 0
     maps = np.load(os.path.join(out, "maps.npy"))
     assert maps.shape == (1000, 28, 28) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
-    assert len([f for f in os.listdir(out) if f.endswith(".png")]) == 3
+    assert len([f for f in os.listdir(out) if f.endswith(".png") and f != "grid.png"]) == 3
     image = tmp_path / "shoe.png"
     Image.fromarray((np.random.default_rng(0).random((40, 30)) * 255).astype(np.uint8)).save(image)
     assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), str(image), "--maps",
@@ -198,7 +198,7 @@ def test_cli_explain_split_and_files(tmp_path, capsys):
     assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), "--limit", "4", "--method", "layercam",
                      "--normalize", "none", "--maps", str(tmp_path / "raw.pt"), "--out", str(tmp_path / "raw")]) == 0
     raw = torch.load(tmp_path / "raw.pt", weights_only=True)
-    assert raw.shape == (4, 28, 28) and raw.max() > 0 and len(os.listdir(tmp_path / "raw")) == 4
+    assert raw.shape == (4, 28, 28) and raw.max() > 0 and len(os.listdir(tmp_path / "raw")) == 4 + 1  # + grid.png
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert cli_main(["explain", os.path.join(run, "checkpoint.pt"), str(tmp_path / "bad.png"),
                      "--out", str(tmp_path / "bad")]) == 1

@@ -10,9 +10,10 @@ from . import ops  # noqa: F401  (registers torch.ops.batchcam.*)
 from .backend import get_backend, set_backend
 from .cam import BatchCAM
 from .explanation import explain
+from .figures import overlay
 from .functional import fused_cam
 from .reference import fused_cam_reference
 from .targets import EmbeddingTarget, SegmentationTarget
 
 __all__ = ["BatchCAM", "EmbeddingTarget", "SegmentationTarget", "explain", "fused_cam", "fused_cam_reference",
-           "get_backend", "set_backend"]
+           "get_backend", "overlay", "set_backend"]

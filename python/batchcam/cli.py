@@ -8,6 +8,7 @@ traceback instead).
     batchcam compare --model simple-cnn --epochs 5 --out runs/compare
     batchcam compare --dataset mnist --epochs 10 --seeds 0,1,2 --out runs/mnist   # --resume continues it
     batchcam explain runs/bc/checkpoint.pt --split test --limit 16 --out runs/bc/explain
+    batchcam explain mypkg.models:resnet --weights w.pt --layer layer4 photos/ --size 224 --out runs/photos
     batchcam bench --shape 64,512,7,7 --shape 16,256,56,56
     torchrun --nproc_per_node=2 -m batchcam train ...   # DistributedDataParallel
 """
@@ -20,6 +21,7 @@ from .backend import BACKENDS
 from .compare import run_compare, run_training
 from .data import DATASETS
 from .definitions import METHODS
+from .figures import COLORMAPS
 from .training import CONFIG_CHOICES, TrainConfig
 
 _FIELD_HELP = {
@@ -124,6 +126,30 @@ def seed_list(text):
     return list(dict.fromkeys(seeds))
 
 
+def image_size(text):
+    """argparse type: H,W (or one number for a square), positive."""
+    try:
+        size = tuple(positive_int(t) for t in text.split(","))
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"size: {e}") from None
+    if len(size) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"size must be H,W or one number, got {text!r}")
+    return size * (3 - len(size)) if len(size) == 1 else size
+
+
+def explained_class(text):
+    """argparse type: label, pred or a class index >= 0."""
+    return text if text in ("label", "pred") else str(_bounded_int(text, 0))
+
+
+def output_selector(text):
+    """argparse type: an index (an integer) or a key."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def cmd_compare(args):
     config = _config(args, resume=args.resume, cam_method=args.cam_method[0])
     text = run_compare(config, args.cam_method, args.seeds or [args.seed], out=args.out)
@@ -164,9 +190,27 @@ def build_parser():
                    help="comma-separated CAM methods of the map losses, each run with the prototype and batchcam "
                         f"protocols: {', '.join(METHODS)} (default: gradcam)")
     p.set_defaults(func=cmd_compare, out="runs/compare")
-    p = sub.add_parser("explain", parents=[common], help="map overlays (PNG) and maps (.npy/.pt) from a checkpoint")
-    p.add_argument("checkpoint", help="checkpoint.pt written by train")
-    p.add_argument("images", nargs="*", help="image files (PNG, JPEG...); default: a data-set split")
+    p = sub.add_parser("explain", parents=[common], help="map overlays (PNG) and maps (.npy/.pt) of a model for "
+                       "images or a data-set split")
+    p.add_argument("model", help="checkpoint.pt written by train, or an import path package.module:factory "
+                                 "returning a torch.nn.Module (see --weights)")
+    p.add_argument("images", nargs="*", help="image files or folders of them (PNG, JPEG, ...; grey or RGB); "
+                                             "default: a data-set split (checkpoints only)")
+    p.add_argument("--weights", default=None, help="state-dict file loaded into an import-path model (default: none)")
+    p.add_argument("--layer", default=None, help="module name of the target layer, as in model.named_modules() "
+                                                  "(default: the model's target_layer)")
+    p.add_argument("--output", default=None, type=output_selector,
+                   help="key or index of the logits for a model returning a dict or tuple (default: the output)")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="H,W the images are resized to (default: 28,28 for checkpoints, else the first image's)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="read images as grey (1) or RGB (3) (default: 1 for checkpoints, 3 for import paths)")
+    p.add_argument("--mean", default=None, help="per-channel mean subtracted after scaling to [0, 1], e.g. "
+                                                 "0.485,0.456,0.406 (default: none)")
+    p.add_argument("--std", default=None, help="per-channel divisor after the mean, e.g. 0.229,0.224,0.225 "
+                                                "(default: none)")
+    p.add_argument("--classes", default=None, help="text file of class names, one per line (default: the "
+                                                    "checkpoint's, else class-N)")
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="data set of the split (default: the checkpoint's)")
     p.add_argument("--data-dir", default=None, help="a folder with MNIST-format IDX files (default: the checkpoint's)")
@@ -174,11 +218,15 @@ def build_parser():
     p.add_argument("--limit", type=non_negative_int, default=16,
                    help="explain the first N images of the split, 0 for all (default: 16)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward (default: 256)")
-    p.add_argument("--target", default="label", choices=["label", "prediction"],
-                   help="class explained for a data-set split; files always use the prediction (default: label)")
-    p.add_argument("--maps", default=None, help="also write every map to this .npy or .pt file")
+    p.add_argument("--target", default="label", type=explained_class,
+                   help="class explained: label (a split's labels; the prediction for image files), pred, or a "
+                        "class index; file names carry the class explained and, when it differs, the prediction "
+                        "(default: label)")
+    p.add_argument("--maps", default=None, help="also write every map to this .npy or .pt file (default: none)")
     p.add_argument("--overlays", type=non_negative_int, default=32,
-                   help="write at most this many overlay PNGs (default: 32)")
+                   help="write at most this many overlay PNGs, and grid.png of them (default: 32)")
+    p.add_argument("--colormap", default="jet", choices=COLORMAPS, help="(default: jet)")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the map over the image (default: 0.5)")
     p.add_argument("--method", default="gradcam", choices=METHODS, help="the CAM method (default: gradcam)")
     p.add_argument("--normalize", default="minmax", choices=["minmax", "none"],
                    help="maps of --maps scaled to [0, 1] per sample, or raw (Captum's); overlays are always "
@@ -187,6 +235,7 @@ def build_parser():
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--out", default="runs/explain", help="folder of the overlay PNGs (default: runs/explain)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out and over an existing --maps")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("bench", parents=[common], help="time the fused op against the reference on given shapes")
     p.add_argument("--shape", action="append", help="B,C,H,W (any spatial dims; repeatable; default 64,512,7,7)")

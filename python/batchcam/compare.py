@@ -3,7 +3,8 @@ once per CAM method), for one seed or several, trained one after the other, each
 folder; then the tables.
 
 Layout: `<out>/<run>/` for one seed, `<out>/seed-<S>/<run>/` for several (each seed folder with
-its own compare.md / compare.json, and `<out>/compare.md`, `compare.json`, `compare.png`: mean,
+its own compare.md / compare.json and maps.png, every run's maps of the same test images side by
+side, and `<out>/compare.md`, `compare.json`, `compare.png`: mean,
 standard deviation and baseline-paired 95% intervals over the seeds, `batchcam.study`).
 `<out>/compare-plan.json` holds the options; `resume=True` continues an interrupted comparison
 under the same options: a run with its metrics.json (written last) is finished and read back, a
@@ -14,10 +15,11 @@ import json
 import os
 
 from .checkpoints import atomic_write_text
-from .figures import example_grid
+from .devices import resolve_device
+from .figures import example_grid, protocols_figure
 from .outputs import prepare_output_dir
 from .study import run_key, study_figure, study_tables, summarize
-from .training import PROTOCOLS, train
+from .training import PROTOCOLS, load_data, load_trained, train
 
 PLAN_FILE = "compare-plan.json"
 # Options that differ between the runs of one comparison, or do not change its results.
@@ -105,6 +107,15 @@ def finished_or_trained(config):
     return result.metrics if result.writes_files else None
 
 
+def write_maps_figure(folder, config, runs):
+    """maps.png in `folder`: one test image per class, its map under each run (checkpoints read back)."""
+    device = resolve_device(config.device)
+    models = [(name, load_trained(os.path.join(folder, name, "checkpoint.pt"), device)[0], config.backend, method)
+              for _, method, name in runs]
+    _, test = load_data(config)
+    protocols_figure(models, test, os.path.join(folder, "maps.png"))
+
+
 def _write_tables(folder, config, title, table, results, **extra):
     atomic_write_text(f"# {title}\n\n{table}\n\nconfig: `{json.dumps(config)}`\n", os.path.join(folder, "compare.md"))
     atomic_write_text(json.dumps({"config": config, **extra, "results": results}, indent=1),
@@ -123,11 +134,13 @@ def run_compare(config, methods, seeds, *, out):
     every, text = [], []
     for seed in seeds:
         folder = out if len(seeds) == 1 else os.path.join(out, f"seed-{seed}")
+        runs = compare_runs(methods)
         results = [finished_or_trained(dataclasses.replace(config, protocol=protocol, cam_method=method, seed=seed,
                                                            out=os.path.join(folder, name)))
-                   for protocol, method, name in compare_runs(methods)]
+                   for protocol, method, name in runs]
         if results[0] is None:
             return None
+        write_maps_figure(folder, dataclasses.replace(config, seed=seed), runs)
         seed_title = f"{title}, seed {seed}, device {results[0]['device']}"
         table = compare_table(results)
         _write_tables(folder, plan_config, seed_title, table, results)
@@ -140,5 +153,5 @@ def run_compare(config, methods, seeds, *, out):
         _write_tables(out, plan_config, seeds_title, tables, every, seeds=seeds, summary=rows)
         study_figure(rows, os.path.join(out, "compare.png"), title=seeds_title)
         text.append(f"{seeds_title}\n\n{tables}")
-    written = os.path.join(out, "compare.md") + ", compare.json" + (", compare.png" if len(seeds) > 1 else "")
+    written = os.path.join(out, "compare.md") + ", compare.json" + (", compare.png" if len(seeds) > 1 else ", maps.png")
     return "\n\n".join(text) + f"\n\nwritten: {written}"

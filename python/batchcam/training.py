@@ -261,6 +261,14 @@ def restore(config, model, optimizer, ckpt_path, device):
     return done, state["history"]
 
 
+def load_trained(path, device="cpu"):
+    """The model of a checkpoint written by `train`, on `device` in eval mode, and the checkpoint."""
+    state = load_checkpoint(path)
+    model = build_model(state["config"]["model"], len(state["classes"])).to(device)
+    load_into(model, state["model"], path, state["config"]["model"])
+    return model.eval(), state
+
+
 # --- evaluation ---------------------------------------------------------------------------------
 
 
