@@ -70,7 +70,7 @@ def import_model(spec, weights, device):
     "state_dict" or "model" also works) when given; on `device`, in eval mode."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"{spec}: neither a checkpoint file nor an import path package.module:factory")
+        raise ValueError(f"{spec}: not an import path package.module:factory")
     try:
         factory = importlib.import_module(module_name)
         for part in attribute.split("."):
@@ -158,7 +158,7 @@ def run_explain(args):
     if args.overlays:
         prepare_output_dir(args.out, overwrite=args.overwrite)
     device = resolve_device(args.device)
-    if os.path.isfile(args.model):
+    if os.path.isfile(args.model) or ":" not in args.model:  # a checkpoint (a missing one: named as such)
         if args.weights:
             raise ValueError(f"--weights {args.weights}: only for an import-path model; {args.model} has its weights")
         model, state = load_trained(args.model, device)
