@@ -1,0 +1,215 @@
+"""Faithfulness metrics of maps, batched on the model's device: every perturbed copy of every
+sample goes through the model in batches, no loop over samples.
+
+- `confidence_change`: score(x * map) - score(x) per sample (pytorch-grad-cam's
+  CamMultImageConfidenceChange), and from it `average_drop_increase`: Grad-CAM++'s average drop
+  (mean of max(0, Y - O) / Y, in %) and increase in confidence (% of samples with O > Y).
+- `deletion_curve` / `insertion_curve`: the score as pixels are removed from (or added to) the
+  image in the map's order, most relevant first, over `steps` steps, and the area under it
+  (RISE, TorchCAM, Xplique). With `temperature`, a soft mask sigmoid((map - threshold) / t)
+  replaces the hard one: differentiable with respect to the maps, for training.
+- `road`: ROAD (Rong et al. 2022; pytorch-grad-cam's ROAD* classes): the pixels above (MoRF) or
+  below (LeRF) each percentile of the map replaced by the noisy linear imputation of their
+  neighbours, a linear system solved for the whole batch at once by conjugate gradients.
+
+Scores are the target class's softmax probability (`score="probability"`) or logit
+(`score="logit"`); targets are (B,) class indices, None for the classes predicted on the
+original images. Maps are (B, H, W) at the images' size, in [0, 1] for the multiplied image.
+"""
+import torch
+from torch.nn import functional as F
+
+from .targets import select_output
+
+SCORES = ("probability", "logit")
+
+
+def _check(images, maps, score):
+    if images.dim() != 4:
+        raise ValueError(f"metrics: images must be (B, C, H, W), got {tuple(images.shape)}")
+    if maps.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"metrics: maps must be {(images.shape[0], *images.shape[2:])} (B, H, W) at the images' "
+                         f"size, got {tuple(maps.shape)}")
+    if score not in SCORES:
+        raise ValueError(f"metrics: score must be one of {SCORES}, got {score!r}")
+
+
+def target_scores(model, images, targets, score="probability", output=None, batch_size=None):
+    """(N,) scores of `targets` (N,) for `images` (N, C, H, W), in forwards of `batch_size`
+    images; differentiable when grad mode is on."""
+    parts = []
+    step = batch_size or len(images)
+    for start in range(0, len(images), step):
+        out = select_output(model(images[start:start + step]), output)
+        if score == "probability":
+            out = out.to(torch.promote_types(out.dtype, torch.float32)).softmax(1)
+        parts.append(out.gather(1, targets[start:start + step, None].to(out.device))[:, 0])
+    return torch.cat(parts) if parts else images.new_zeros(0)
+
+
+def _targets(model, images, targets, output):
+    if targets is None:
+        with torch.no_grad():
+            return select_output(model(images), output).argmax(1)
+    targets = torch.as_tensor(targets, device=images.device).long()
+    if targets.shape != images.shape[:1]:
+        raise ValueError(f"metrics: targets must be ({len(images)},) class indices, got {tuple(targets.shape)}")
+    return targets
+
+
+@torch.no_grad()
+def confidence_change(model, images, maps, targets=None, *, score="probability", output=None, batch_size=None):
+    """(B,) score(images * maps) - score(images) (maps broadcast over channels)."""
+    _check(images, maps, score)
+    targets = _targets(model, images, targets, output)
+    both = torch.cat([images, images * maps.unsqueeze(1).to(images.dtype)])
+    before, after = target_scores(model, both, targets.repeat(2), score, output, batch_size).chunk(2)
+    return after - before
+
+
+@torch.no_grad()
+def average_drop_increase(model, images, maps, targets=None, *, score="probability", output=None, batch_size=None):
+    """Grad-CAM++'s {"average_drop": mean max(0, Y - O) / Y * 100, "increase": % of O > Y}, with
+    Y the score of the image and O that of the image times its map."""
+    _check(images, maps, score)
+    targets = _targets(model, images, targets, output)
+    both = torch.cat([images, images * maps.unsqueeze(1).to(images.dtype)])
+    before, after = target_scores(model, both, targets.repeat(2), score, output, batch_size).chunk(2)
+    drop = (before - after).clamp(min=0) / before
+    return {"average_drop": 100 * drop.mean().item(), "increase": 100 * (after > before).float().mean().item()}
+
+
+def _masks(maps, fractions, temperature):
+    """(S, B, H, W) masks of the pixels removed at each fraction: the fraction of most relevant
+    pixels (stable order: ties by position), or a soft sigmoid mask around the same threshold."""
+    flat = maps.flatten(1)
+    pixels = flat.shape[1]
+    counts = torch.round(fractions * pixels).long()
+    if temperature is None:
+        order = torch.argsort(flat.detach(), dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(pixels, device=maps.device).expand_as(order))
+        masks = rank[None] < counts[:, None, None]
+        return masks.view(len(fractions), *maps.shape).to(maps.dtype)
+    ordered = torch.sort(flat, dim=1, descending=True).values
+    # threshold k: midway between the last pixel removed and the first kept (it moves with the map)
+    padded = torch.cat([ordered[:, :1] + 1, ordered, ordered[:, -1:] - 1], dim=1)
+    thresholds = (padded[:, counts] + padded[:, counts + 1]).T / 2  # (S, B)
+    masks = torch.sigmoid((flat[None] - thresholds[..., None]) / temperature)
+    return masks.view(len(fractions), *maps.shape)
+
+
+def _perturbation_curve(model, images, maps, targets, steps, baseline, insertion, score, output, batch_size,
+                        temperature):
+    _check(images, maps, score)
+    if steps < 1:
+        raise ValueError(f"metrics: steps must be >= 1, got {steps}")
+    targets = _targets(model, images, targets, output)
+    batch = len(images)
+    fractions = torch.linspace(0, 1, steps + 1, device=images.device, dtype=torch.float64)
+    baseline = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).expand_as(images)
+    per_forward = max(1, (batch_size or batch) // max(batch, 1))
+    curves = []
+    start, end = (baseline, images) if insertion else (images, baseline)  # a pixel's value at mask 0 and 1
+    for first in range(0, steps + 1, per_forward):
+        masks = _masks(maps, fractions[first:first + per_forward], temperature).unsqueeze(2).to(images.dtype)
+        perturbed = torch.where(masks.bool(), end, start) if temperature is None else torch.lerp(start, end, masks)
+        flat = perturbed.reshape(-1, *images.shape[1:])
+        curves.append(target_scores(model, flat, targets.repeat(len(masks)), score, output).view(len(masks), batch))
+    curve = torch.cat(curves).T  # (B, steps + 1)
+    auc = (curve.sum(1) - (curve[:, 0] + curve[:, -1]) / 2) / steps  # trapezoids over [0, 1]
+    return curve, auc
+
+
+def deletion_curve(model, images, maps, targets=None, *, steps=16, baseline=0.0, score="probability", output=None,
+                   batch_size=None, temperature=None):
+    """(curves (B, steps + 1), AUC (B,)): the score after removing the k/steps most relevant
+    pixels (set to `baseline`: a value or an image batch), k = 0..steps. Lower AUC: a more
+    faithful map. `temperature`: soft masks, differentiable with respect to the maps."""
+    with torch.set_grad_enabled(temperature is not None and torch.is_grad_enabled()):
+        return _perturbation_curve(model, images, maps, targets, steps, baseline, False, score, output, batch_size,
+                                   temperature)
+
+
+def insertion_curve(model, images, maps, targets=None, *, steps=16, baseline=0.0, score="probability", output=None,
+                    batch_size=None, temperature=None):
+    """(curves (B, steps + 1), AUC (B,)): the score of `baseline` with the k/steps most relevant
+    pixels of the image put back, k = 0..steps. Higher AUC: a more faithful map."""
+    with torch.set_grad_enabled(temperature is not None and torch.is_grad_enabled()):
+        return _perturbation_curve(model, images, maps, targets, steps, baseline, True, score, output, batch_size,
+                                   temperature)
+
+
+# ROAD's noisy linear imputer: each removed pixel is the weighted mean of its 8 neighbours (weights
+# 1/6 edge, 1/12 corner, renormalised at the image border), removed neighbours being unknowns too.
+_NEIGHBOURS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
+
+
+def linear_impute(images, removed, noise=0.0, tol=1e-7, max_iterations=None, generator=None):
+    """Images (N, C, H, W) with the pixels where `removed` (N, H, W) is True replaced by the solution
+    of sum_j w_ij (v_i - x_j) = 0 over the neighbours j of every removed pixel i (pytorch-grad-cam's
+    NoisyLinearImputer, scipy's spsolve there), then `noise` * N(0, 1) added to them. Solved by
+    conjugate gradients on the symmetric positive definite system, every image and channel at
+    once, to a relative residual of `tol`."""
+    n, c, h, w = images.shape
+    x = images.double()
+    unknown = removed.to(x.dtype).unsqueeze(1).expand(n, c, h, w).reshape(n * c, 1, h, w)
+    known = 1 - unknown
+    values = x.reshape(n * c, 1, h, w) * known
+    kernel = _NEIGHBOURS.to(x)[None, None]
+    degree = F.conv2d(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), kernel, padding=1)  # border weights
+
+    def operator(v):  # (D - W) restricted to the unknowns: symmetric positive definite
+        return unknown * (degree * v - F.conv2d(v * unknown, kernel, padding=1))
+
+    rhs = unknown * F.conv2d(values, kernel, padding=1)
+    v = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rr = (r * r).flatten(1).sum(1)
+    target = tol ** 2 * rr.clamp(min=1e-300)
+    for _ in range(max_iterations or 4 * (h + w) + 100):
+        if bool((rr <= target).all()):
+            break
+        ap = operator(p)
+        alpha = rr / (p * ap).flatten(1).sum(1).clamp(min=1e-300)
+        v = v + alpha[:, None, None, None] * p
+        r = r - alpha[:, None, None, None] * ap
+        rr_next = (r * r).flatten(1).sum(1)
+        p = r + (rr_next / rr.clamp(min=1e-300))[:, None, None, None] * p
+        rr = rr_next
+    filled = values + unknown * v
+    if noise:
+        filled = filled + noise * unknown * torch.randn(filled.shape, dtype=x.dtype, device=x.device,
+                                                        generator=generator)
+    return filled.view(n, c, h, w).to(images.dtype)
+
+
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+ROAD_ORDERS = ("morf", "lerf", "combined")
+
+
+@torch.no_grad()
+def road(model, images, maps, targets=None, *, order="combined", percentiles=ROAD_PERCENTILES, noise=0.01,
+         score="probability", output=None, batch_size=None, generator=None):
+    """ROAD per sample (B,): the change of score when the pixels at or above each percentile of
+    the map (order "morf": most relevant first) or below it ("lerf": least relevant first; the
+    map is read as 1 - map) are imputed, averaged over `percentiles`; "combined" is
+    (lerf - morf) / 2, as pytorch-grad-cam's ROADCombined. The imputation of every sample at
+    every percentile is one batched solve (`linear_impute`)."""
+    _check(images, maps, score)
+    if order not in ROAD_ORDERS:
+        raise ValueError(f"road: order must be one of {ROAD_ORDERS}, got {order!r}")
+    if order == "combined":
+        args = dict(targets=targets, percentiles=percentiles, noise=noise, score=score, output=output,
+                    batch_size=batch_size, generator=generator)
+        return (road(model, images, maps, order="lerf", **args) - road(model, images, maps, order="morf", **args)) / 2
+    targets = _targets(model, images, targets, output)
+    ranked = (maps if order == "morf" else 1 - maps).double().flatten(1)
+    q = torch.tensor([p / 100 for p in percentiles], dtype=ranked.dtype, device=ranked.device)
+    thresholds = torch.quantile(ranked, q, dim=1)  # (P, B): numpy.percentile's linear interpolation
+    removed = ranked[None] >= thresholds[..., None]  # (P, B, H*W): pytorch-grad-cam keeps map < threshold
+    batch, pixels = images.shape[0], images.shape[2:]
+    imputed = linear_impute(images.repeat(len(q), 1, 1, 1), removed.reshape(-1, *pixels), noise, generator=generator)
+    before = target_scores(model, images, targets, score, output, batch_size)
+    after = target_scores(model, imputed, targets.repeat(len(q)), score, output, batch_size).view(len(q), batch)
+    return (after - before).mean(0)

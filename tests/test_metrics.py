@@ -1,0 +1,163 @@
+"""batchcam.metrics against straightforward per-sample implementations (one image, one step at a
+time; ROAD's imputation as pytorch-grad-cam sets it up, solved by scipy), the soft versions'
+gradients, and the errors."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from batchcam import metrics
+
+sparse = pytest.importorskip("scipy.sparse")
+from scipy.sparse.linalg import spsolve  # noqa: E402
+
+
+def case(batch=5, size=(9, 11), channels=3, seed=0, ties=False):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Linear(24, 4)).double().eval()
+    images = torch.rand(batch, channels, *size, dtype=torch.float64)
+    maps = torch.rand(batch, *size, dtype=torch.float64)
+    if ties:
+        maps = (maps * 4).round() / 4
+    return model, images, maps, torch.randint(0, 4, (batch,))
+
+
+def probability(model, x, target):
+    return model(x[None]).softmax(1)[0, target].item()
+
+
+@torch.no_grad()
+def reference_curve(model, images, maps, targets, steps, insertion):
+    """One sample, one step at a time: pixels in the map's order (stable), most relevant first."""
+    curves = np.zeros((len(images), steps + 1))
+    for b in range(len(images)):
+        order = np.argsort(-maps[b].flatten().numpy(), kind="stable")
+        for k in range(steps + 1):
+            chosen = np.zeros(order.size, dtype=bool)
+            chosen[order[:int(round(k / steps * order.size))]] = True
+            chosen = torch.from_numpy(chosen).view(maps.shape[1:])
+            x = torch.where(chosen, images[b], torch.zeros_like(images[b])) if insertion else \
+                torch.where(chosen, torch.zeros_like(images[b]), images[b])
+            curves[b, k] = probability(model, x, targets[b])
+    return curves, np.trapezoid(curves, dx=1 / steps, axis=1)
+
+
+@pytest.mark.parametrize("insertion", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_deletion_and_insertion_match_the_per_sample_loop(insertion, ties):
+    model, images, maps, targets = case(ties=ties)
+    fn = metrics.insertion_curve if insertion else metrics.deletion_curve
+    curve, auc = fn(model, images, maps, targets, steps=7, batch_size=12)
+    expected_curve, expected_auc = reference_curve(model, images, maps, targets, 7, insertion)
+    np.testing.assert_allclose(curve.numpy(), expected_curve, atol=1e-12)
+    np.testing.assert_allclose(auc.numpy(), expected_auc, atol=1e-12)
+    whole, _ = fn(model, images, maps, targets, steps=7)  # every step of every sample in one forward
+    torch.testing.assert_close(whole, curve)
+
+
+def test_confidence_change_and_average_drop():
+    model, images, maps, targets = case()
+    change = metrics.confidence_change(model, images, maps, targets)
+    with torch.no_grad():
+        before = np.array([probability(model, images[b], targets[b]) for b in range(5)])
+        after = np.array([probability(model, images[b] * maps[b], targets[b]) for b in range(5)])
+    np.testing.assert_allclose(change.numpy(), after - before, atol=1e-12)
+    summary = metrics.average_drop_increase(model, images, maps, targets)
+    assert summary["average_drop"] == pytest.approx(100 * np.mean(np.maximum(before - after, 0) / before))
+    assert summary["increase"] == pytest.approx(100 * np.mean(after > before))
+    logits = metrics.confidence_change(model, images, maps, None, score="logit")
+    with torch.no_grad():
+        predicted = model(images).argmax(1)
+        expected = model(images * maps[:, None]).gather(1, predicted[:, None]) - model(images).max(1, True).values
+    torch.testing.assert_close(logits, expected[:, 0])
+
+
+def test_soft_curves_are_differentiable_and_approach_the_hard_ones():
+    model, images, maps, targets = case(batch=2, size=(5, 6))
+    hard, hard_auc = metrics.deletion_curve(model, images, maps, targets, steps=5)
+    soft, soft_auc = metrics.deletion_curve(model, images, maps, targets, steps=5, temperature=1e-5)
+    torch.testing.assert_close(soft, hard, atol=1e-6, rtol=0)
+    maps.requires_grad_(True)
+    _, auc = metrics.insertion_curve(model, images, maps, targets, steps=4, temperature=0.05)
+    (grad,) = torch.autograd.grad(auc.sum(), maps)
+    assert grad.abs().sum() > 0
+    assert torch.autograd.gradcheck(
+        lambda m: metrics.deletion_curve(model, images, m, targets, steps=3, temperature=0.1)[1], (maps,))
+
+
+def scipy_impute(image, removed):
+    """pytorch-grad-cam's NoisyLinearImputer (noise 0), one image: its sparse system, spsolve."""
+    c, h, w = image.shape
+    weights = {(1, 1): 1 / 12, (0, 1): 1 / 6, (-1, 1): 1 / 12, (1, -1): 1 / 12, (0, -1): 1 / 6, (-1, -1): 1 / 12,
+               (1, 0): 1 / 6, (-1, 0): 1 / 6}
+    unknown = [(i, j) for i in range(h) for j in range(w) if removed[i, j]]
+    index = {p: k for k, p in enumerate(unknown)}
+    a = sparse.lil_matrix((len(unknown), len(unknown)))
+    b = np.zeros((len(unknown), c))
+    for k, (i, j) in enumerate(unknown):
+        total = 0.0
+        for (di, dj), wt in weights.items():
+            y, x = i + di, j + dj
+            if 0 <= y < h and 0 <= x < w:
+                total += wt
+                if removed[y, x]:
+                    a[k, index[(y, x)]] = wt
+                else:
+                    b[k] -= wt * image[:, y, x]
+        a[k, k] = -total
+    out = image.copy()
+    solution = np.asarray(spsolve(sparse.csc_matrix(a), b)).reshape(len(unknown), c)
+    for k, (i, j) in enumerate(unknown):
+        out[:, i, j] = solution[k]
+    return out
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_linear_impute_solves_pytorch_grad_cams_system(fraction):
+    torch.manual_seed(1)
+    images = torch.rand(3, 2, 12, 10, dtype=torch.float64)
+    removed = torch.rand(3, 12, 10) < fraction
+    removed[0, :6, :5] = True  # a large hole touching the border
+    filled = metrics.linear_impute(images, removed, tol=1e-12)
+    for n in range(3):
+        expected = scipy_impute(images[n].numpy(), removed[n].numpy())
+        np.testing.assert_allclose(filled[n].numpy(), expected, atol=1e-9)
+    noisy = metrics.linear_impute(images, removed, noise=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[~removed[:, None].expand_as(images)], images[~removed[:, None].expand_as(images)])
+    assert not torch.allclose(noisy, filled)
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf", "combined"])
+def test_road_matches_the_per_sample_imputation(order):
+    model, images, maps, targets = case(batch=3, size=(8, 7))
+    percentiles = (20, 50, 80)
+    ours = metrics.road(model, images, maps, targets, order=order, percentiles=percentiles, noise=0.0)
+
+    def one(b, ranked):
+        changes = []
+        for p in percentiles:
+            removed = ranked >= np.percentile(ranked, p)
+            x = torch.from_numpy(scipy_impute(images[b].numpy(), removed))
+            with torch.no_grad():
+                changes.append(probability(model, x, targets[b]) - probability(model, images[b], targets[b]))
+        return np.mean(changes)
+
+    morf = np.array([one(b, maps[b].numpy()) for b in range(3)])
+    lerf = np.array([one(b, 1 - maps[b].numpy()) for b in range(3)])
+    expected = {"morf": morf, "lerf": lerf, "combined": (lerf - morf) / 2}[order]
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-6)
+
+
+def test_metric_errors_name_the_problem():
+    model, images, maps, targets = case()
+    with pytest.raises(ValueError, match=r"maps must be \(5, 9, 11\)"):
+        metrics.deletion_curve(model, images, maps[:, :3], targets)
+    with pytest.raises(ValueError, match="score must be one of"):
+        metrics.confidence_change(model, images, maps, targets, score="softmax")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        metrics.insertion_curve(model, images, maps, targets, steps=0)
+    with pytest.raises(ValueError, match="order must be one of"):
+        metrics.road(model, images, maps, targets, order="both")
+    with pytest.raises(ValueError, match=r"targets must be \(5,\) class indices"):
+        metrics.road(model, images, maps, targets[:2])
