@@ -1,6 +1,7 @@
 """`batchcam explain` on a user's own data and model: a folder of RGB PNGs, a model given as an import
 path with a state-dict file, a layer by name, targets, file names by class, grid and maps files;
 and `batchcam.overlay` itself."""
+import json
 import os
 import textwrap
 
@@ -139,3 +140,26 @@ def test_overlay_blends_on_the_images_device():
         batchcam.overlay(grey, maps, colormap="rainbow")
     with pytest.raises(ValueError, match=r"maps must be \(2, h, w\)"):
         batchcam.overlay(grey, maps[0])
+
+
+def test_evaluate_writes_a_row_per_layer_and_method(tmp_path, user_model, capsys):
+    draw_shapes(tmp_path / "images", count=4)
+    out = tmp_path / "evaluate"
+    assert cli_main(["evaluate", "userpkg.nets:shapes_net", str(tmp_path / "images"), "--weights", user_model,
+                     "--layer", "1,3", "--method", "gradcam,layercam", "--steps", "4", "--out", str(out),
+                     "--no-progress"]) == 0, capsys.readouterr().err
+    rows = json.load(open(out / "evaluate.json"))["rows"]
+    assert [(r["layer"], r["method"]) for r in rows] == [("1", "gradcam"), ("1", "layercam"), ("3", "gradcam"),
+                                                          ("3", "layercam")]
+    assert "| 3 | layercam |" in open(out / "evaluate.md").read()
+
+    from userpkg.nets import shapes_net
+
+    model = shapes_net().eval()
+    model.load_state_dict(torch.load(user_model, weights_only=True))
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(tmp_path / "images" / f), dtype=np.float32) / 255)
+                     .permute(2, 0, 1) for f in sorted(os.listdir(tmp_path / "images"))])
+    maps, logits = batchcam.explain(model, model[3], x, method="layercam", return_logits=True)
+    _, auc = batchcam.metrics.deletion_curve(model, x, maps, logits.argmax(1), steps=4)
+    assert rows[3]["deletion_auc"] == pytest.approx(auc.mean().item(), abs=1e-6)
+    assert 0 <= rows[3]["increase"] <= 100

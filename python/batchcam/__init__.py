@@ -2,11 +2,11 @@
 
 Layers, each importing only from itself and the layers above it in this list:
 - the op: definitions, backend, ops (checks, fake kernels, dispatch), reference, functional;
-- CAM: targets, capture, cam (BatchCAM), explanation (explain);
+- CAM: targets, capture, cam (BatchCAM), explanation (explain), metrics;
 - training: losses, models, data, checkpoints, outputs, devices, training, figures, study, compare;
-- the command line: cli, explain_cli, bench_cli.
+- the command line: cli, explain_cli, evaluate_cli, bench_cli.
 """
-from . import ops  # noqa: F401  (registers torch.ops.batchcam.*)
+from . import metrics, ops  # noqa: F401  (ops registers torch.ops.batchcam.*)
 from .backend import get_backend, set_backend
 from .cam import BatchCAM
 from .explanation import explain

@@ -1,4 +1,4 @@
-"""`python -m batchcam` / `batchcam`: train, compare, explain, bench.
+"""`python -m batchcam` / `batchcam`: train, compare, explain, evaluate, bench.
 
 Every failure a user can cause ends in one line, `batchcam <command>: error: <what and where>`,
 with exit code 2 for a bad command line and 1 for a failure while running (`--debug`: the
@@ -9,6 +9,7 @@ traceback instead).
     batchcam compare --dataset mnist --epochs 10 --seeds 0,1,2 --out runs/mnist   # --resume continues it
     batchcam explain runs/bc/checkpoint.pt --split test --limit 16 --out runs/bc/explain
     batchcam explain mypkg.models:resnet --weights w.pt --layer layer4 photos/ --size 224 --out runs/photos
+    batchcam evaluate runs/bc/checkpoint.pt --limit 256 --method gradcam,layercam --out runs/bc/evaluate
     batchcam bench --shape 64,512,7,7 --shape 16,256,56,56
     torchrun --nproc_per_node=2 -m batchcam train ...   # DistributedDataParallel
 """
@@ -163,10 +164,55 @@ def cmd_explain(args):
     run_explain(args)
 
 
+def cmd_evaluate(args):
+    from .evaluate_cli import run_evaluate
+
+    run_evaluate(args)
+
+
 def cmd_bench(args):
     from .bench_cli import run_bench
 
     run_bench(args)
+
+
+def _add_subject_arguments(p, out, several_layers=False):
+    """The model, images and their reading, shared by explain and evaluate."""
+    p.add_argument("model", help="checkpoint.pt written by train, or an import path package.module:factory "
+                                 "returning a torch.nn.Module (see --weights)")
+    p.add_argument("images", nargs="*", help="image files or folders of them (PNG, JPEG, ...; grey or RGB); "
+                                             "default: a data-set split (checkpoints only)")
+    p.add_argument("--weights", default=None, help="state-dict file loaded into an import-path model (default: none)")
+    p.add_argument("--layer", default=None, help=("comma-separated module names" if several_layers else "module name")
+                   + " of the target layer, as in model.named_modules() (default: the model's target_layer)")
+    p.add_argument("--output", default=None, type=output_selector,
+                   help="key or index of the logits for a model returning a dict or tuple (default: the output)")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="H,W the images are resized to (default: 28,28 for checkpoints, else the first image's)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="read images as grey (1) or RGB (3) (default: 1 for checkpoints, 3 for import paths)")
+    p.add_argument("--mean", default=None, help="per-channel mean subtracted after scaling to [0, 1], e.g. "
+                                                 "0.485,0.456,0.406 (default: none)")
+    p.add_argument("--std", default=None, help="per-channel divisor after the mean, e.g. 0.229,0.224,0.225 "
+                                                "(default: none)")
+    p.add_argument("--classes", default=None, help="text file of class names, one per line (default: the "
+                                                    "checkpoint's, else class-N)")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="data set of the split (default: the checkpoint's)")
+    p.add_argument("--data-dir", default=None, help="a folder with MNIST-format IDX files (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="data-set split (default: test)")
+    p.add_argument("--limit", type=non_negative_int, default=16,
+                   help="the first N images of the split, 0 for all (default: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward (default: 256)")
+    p.add_argument("--target", default="label", type=explained_class,
+                   help="class explained: label (a split's labels; the prediction for image files), pred, or a "
+                        "class index; file names carry the class explained and, when it differs, the prediction "
+                        "(default: label)")
+    p.add_argument("--backend", default="fused", choices=BACKENDS, help="(default: fused)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (and over --maps)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def build_parser():
@@ -192,36 +238,7 @@ def build_parser():
     p.set_defaults(func=cmd_compare, out="runs/compare")
     p = sub.add_parser("explain", parents=[common], help="map overlays (PNG) and maps (.npy/.pt) of a model for "
                        "images or a data-set split")
-    p.add_argument("model", help="checkpoint.pt written by train, or an import path package.module:factory "
-                                 "returning a torch.nn.Module (see --weights)")
-    p.add_argument("images", nargs="*", help="image files or folders of them (PNG, JPEG, ...; grey or RGB); "
-                                             "default: a data-set split (checkpoints only)")
-    p.add_argument("--weights", default=None, help="state-dict file loaded into an import-path model (default: none)")
-    p.add_argument("--layer", default=None, help="module name of the target layer, as in model.named_modules() "
-                                                  "(default: the model's target_layer)")
-    p.add_argument("--output", default=None, type=output_selector,
-                   help="key or index of the logits for a model returning a dict or tuple (default: the output)")
-    p.add_argument("--size", type=image_size, default=None,
-                   help="H,W the images are resized to (default: 28,28 for checkpoints, else the first image's)")
-    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                   help="read images as grey (1) or RGB (3) (default: 1 for checkpoints, 3 for import paths)")
-    p.add_argument("--mean", default=None, help="per-channel mean subtracted after scaling to [0, 1], e.g. "
-                                                 "0.485,0.456,0.406 (default: none)")
-    p.add_argument("--std", default=None, help="per-channel divisor after the mean, e.g. 0.229,0.224,0.225 "
-                                                "(default: none)")
-    p.add_argument("--classes", default=None, help="text file of class names, one per line (default: the "
-                                                    "checkpoint's, else class-N)")
-    p.add_argument("--dataset", default=None, choices=DATASETS,
-                   help="data set of the split (default: the checkpoint's)")
-    p.add_argument("--data-dir", default=None, help="a folder with MNIST-format IDX files (default: the checkpoint's)")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="data-set split (default: test)")
-    p.add_argument("--limit", type=non_negative_int, default=16,
-                   help="explain the first N images of the split, 0 for all (default: 16)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward (default: 256)")
-    p.add_argument("--target", default="label", type=explained_class,
-                   help="class explained: label (a split's labels; the prediction for image files), pred, or a "
-                        "class index; file names carry the class explained and, when it differs, the prediction "
-                        "(default: label)")
+    _add_subject_arguments(p, out="runs/explain")
     p.add_argument("--maps", default=None, help="also write every map to this .npy or .pt file (default: none)")
     p.add_argument("--overlays", type=non_negative_int, default=32,
                    help="write at most this many overlay PNGs, and grid.png of them (default: 32)")
@@ -231,12 +248,14 @@ def build_parser():
     p.add_argument("--normalize", default="minmax", choices=["minmax", "none"],
                    help="maps of --maps scaled to [0, 1] per sample, or raw (Captum's); overlays are always "
                         "scaled (default: minmax)")
-    p.add_argument("--backend", default="fused", choices=BACKENDS, help="(default: fused)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--out", default="runs/explain", help="folder of the overlay PNGs (default: runs/explain)")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out and over an existing --maps")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("evaluate", parents=[common], help="faithfulness metrics (deletion, insertion, average drop, "
+                       "ROAD) of CAM methods and layers, one table")
+    _add_subject_arguments(p, out="runs/evaluate", several_layers=True)
+    p.add_argument("--method", type=cam_methods, default=list(METHODS),
+                   help=f"comma-separated CAM methods (default: all: {','.join(METHODS)})")
+    p.add_argument("--steps", type=positive_int, default=16, help="deletion / insertion steps (default: 16)")
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("bench", parents=[common], help="time the fused op against the reference on given shapes")
     p.add_argument("--shape", action="append", help="B,C,H,W (any spatial dims; repeatable; default 64,512,7,7)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])

@@ -10,6 +10,7 @@ normalised with `--mean` / `--std`; overlays show them before normalisation.
 """
 import importlib
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -129,6 +130,65 @@ def save_maps(maps, path):
     atomic_write(path, write)
 
 
+class Normalized(torch.nn.Module):
+    """model((x - mean) / std): images stay in [0, 1] for overlays and perturbations."""
+
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+@dataclass
+class Subject:
+    """What explain and evaluate work on: the model (normalising its [0, 1] input), the layer
+    module, class names (or None), the images in [0, 1], their labels (or None) and names."""
+
+    model: torch.nn.Module
+    layer: torch.nn.Module
+    classes: list | None
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    names: list
+
+    def class_name(self, index):
+        return self.classes[index] if self.classes and index < len(self.classes) else f"class-{index}"
+
+    def targets(self, choice, start, count, device):
+        """The classes explained for images[start:start + count]: labels, a fixed index, or None
+        (the prediction; also for "label" when the images have no labels)."""
+        if choice == "label" and self.labels is not None:
+            return self.labels[start:start + count].to(device)
+        if choice not in ("label", "pred"):
+            return torch.full((count,), int(choice), dtype=torch.long, device=device)
+        return None
+
+
+def load_subject(args, device, layer_name):
+    """The Subject of the command line's model, images and options, the layer `layer_name`."""
+    if os.path.isfile(args.model) or ":" not in args.model:  # a checkpoint (a missing one: named as such)
+        if args.weights:
+            raise ValueError(f"--weights {args.weights}: only for an import-path model; {args.model} has its weights")
+        model, state = load_trained(args.model, device)
+        classes = list(state["classes"])
+    else:
+        model, state = import_model(args.model, args.weights, device), None
+        classes = None
+    if args.classes:
+        with open(args.classes) as f:
+            classes = [line.strip() for line in f if line.strip()]
+    layer = pick_layer(model, layer_name, args.model)
+    channels = args.channels or (1 if state is not None else 3)
+    images, labels, names = load_inputs(args, state, channels)
+    mean = parse_floats(args.mean, "--mean", channels) if args.mean else torch.zeros(1, channels, 1, 1)
+    std = parse_floats(args.std, "--std", channels) if args.std else torch.ones(1, channels, 1, 1)
+    return Subject(Normalized(model, mean, std).to(device).eval(), layer, classes, images, labels, names)
+
+
 def load_inputs(args, state, channels):
     """(images, labels or None, names) of the images to explain, images in [0, 1]."""
     if args.images:
@@ -158,33 +218,13 @@ def run_explain(args):
     if args.overlays:
         prepare_output_dir(args.out, overwrite=args.overwrite)
     device = resolve_device(args.device)
-    if os.path.isfile(args.model) or ":" not in args.model:  # a checkpoint (a missing one: named as such)
-        if args.weights:
-            raise ValueError(f"--weights {args.weights}: only for an import-path model; {args.model} has its weights")
-        model, state = load_trained(args.model, device)
-        classes = list(state["classes"])
-    else:
-        model, state = import_model(args.model, args.weights, device), None
-        classes = None
-    if args.classes:
-        with open(args.classes) as f:
-            classes = [line.strip() for line in f if line.strip()]
-    layer = pick_layer(model, args.layer, args.model)
-    channels = args.channels or (1 if state is not None else 3)
-    images, labels, names = load_inputs(args, state, channels)
-    mean = parse_floats(args.mean, "--mean", channels) if args.mean else torch.zeros(1, channels, 1, 1)
-    std = parse_floats(args.std, "--std", channels) if args.std else torch.ones(1, channels, 1, 1)
-
+    subject = load_subject(args, device, args.layer)
+    images = subject.images
     all_maps, pictures, titles = [], [], []
     for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch", disable=not args.progress):
         x = images[start:start + args.batch_size]
-        if args.target == "label" and labels is not None:
-            targets = labels[start:start + len(x)].to(device)
-        elif args.target not in ("label", "pred"):
-            targets = torch.full((len(x),), int(args.target), dtype=torch.long, device=device)
-        else:
-            targets = None  # the prediction (also for --target label when the images have no labels)
-        maps, logits = explain(model, layer, ((x - mean) / std).to(device), targets, method=args.method,
+        targets = subject.targets(args.target, start, len(x), device)
+        maps, logits = explain(subject.model, subject.layer, x.to(device), targets, method=args.method,
                                normalize=args.normalize, output=args.output, backend=args.backend,
                                return_logits=True)
         maps = maps.cpu()
@@ -194,11 +234,10 @@ def run_explain(args):
         shown = maps if args.normalize == "minmax" else per_sample_minmax(maps, 1e-7)  # overlays: [0, 1]
         keep = max(0, min(len(x), args.overlays - len(pictures)))
         for i in range(keep):
-            name = classes[explained[i]] if classes and explained[i] < len(classes) else f"class-{explained[i]}"
-            pred = classes[preds[i]] if classes and preds[i] < len(classes) else f"class-{preds[i]}"
+            name, pred = subject.class_name(explained[i]), subject.class_name(preds[i])
             label = file_label(name) + ("" if explained[i] == preds[i] else f"-pred-{file_label(pred)}")
             picture = overlay(x[i:i + 1], shown[i:i + 1], args.colormap, args.alpha)[0]
-            path = os.path.join(args.out, f"{names[start + i]}-{label}.png")
+            path = os.path.join(args.out, f"{subject.names[start + i]}-{label}.png")
             Image.fromarray(picture.permute(1, 2, 0).numpy()).save(path)
             pictures.append((x[i], shown[i]))
             titles.append(name if explained[i] == preds[i] else f"{name} ({pred})")
