@@ -177,3 +177,28 @@ def test_explain_on_gpu_never_waits_for_the_device(backend, targets):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert maps.shape == (6, 28, 28) and torch.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("augmentations", [None, "shifts"])
+@pytest.mark.parametrize("targets", [None, "indices", "callables"])
+def test_tta_is_the_mean_of_the_copies_in_one_forward(augmentations, targets):
+    from batchcam import smoothing
+
+    model, x = setup()
+    if augmentations == "shifts":
+        augmentations = [smoothing.shift(0, 0), smoothing.shift(2, -1), smoothing.compose(smoothing.flip(False),
+                                                                                         smoothing.shift(-1, 3))]
+    copies = augmentations or smoothing.default_augmentations()
+    idx = torch.tensor([3, 1, 4, 1, 5])
+    targets = {"indices": idx, "callables": [lambda row, c=int(c): row[c] for c in idx], None: None}[targets]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, inputs: calls.append(inputs[0].shape[0]))
+    smoothed = batchcam.explain(model, model.target_layer, x, targets, smooth="tta", augmentations=augmentations)
+    handle.remove()
+    assert calls == [len(copies) * len(x)]  # every copy in one forward (and one backward)
+    per_copy = [back(batchcam.explain(model, model.target_layer, augment(x), targets)) for augment, back in copies]
+    torch.testing.assert_close(smoothed, torch.stack(per_copy).mean(0), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="smooth must be None or 'tta'"):
+        batchcam.explain(model, model.target_layer, x, smooth="mean")
+    with pytest.raises(ValueError, match="smooth='tta' takes one image tensor, size='input'"):
+        batchcam.explain(model, model.target_layer, x, smooth="tta", size="layer")

@@ -119,7 +119,7 @@ def test_explain_cli_user_errors_are_one_line(tmp_path, user_model, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert cli_main(["explain", "userpkg.nets:DictNet", images, "--layer", "body.2", "--output", "logits",
-                     "--out", str(tmp_path / "dict"), "--no-progress"]) == 0
+                     "--smooth", "tta", "--out", str(tmp_path / "dict"), "--no-progress"]) == 0
     assert cli_main(["explain", "x.pt", "--target", "first"]) == 2
     assert "--target: 'first' is not an integer" in capsys.readouterr().err
 

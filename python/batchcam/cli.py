@@ -245,6 +245,8 @@ def build_parser():
     p.add_argument("--colormap", default="jet", choices=COLORMAPS, help="(default: jet)")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the map over the image (default: 0.5)")
     p.add_argument("--method", default="gradcam", choices=METHODS, help="the CAM method (default: gradcam)")
+    p.add_argument("--smooth", default="none", choices=["none", "tta"],
+                   help="tta: the mean map of flipped and brightened copies, in one batch (default: none)")
     p.add_argument("--normalize", default="minmax", choices=["minmax", "none"],
                    help="maps of --maps scaled to [0, 1] per sample, or raw (Captum's); overlays are always "
                         "scaled (default: minmax)")

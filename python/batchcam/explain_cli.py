@@ -226,7 +226,9 @@ def run_explain(args):
         targets = subject.targets(args.target, start, len(x), device)
         maps, logits = explain(subject.model, subject.layer, x.to(device), targets, method=args.method,
                                normalize=args.normalize, output=args.output, backend=args.backend,
-                               return_logits=True)
+                               smooth=None if args.smooth == "none" else args.smooth, return_logits=True)
+        if logits.dim() == 3:  # one per augmented copy: the prediction of their mean
+            logits = logits.mean(0)
         maps = maps.cpu()
         all_maps.append(maps)
         preds = logits.argmax(1).tolist()

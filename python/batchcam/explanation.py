@@ -21,6 +21,7 @@ from .cam import call_model, channel_terms, check_grad_mode, check_method
 from .targets import class_scores, select_output
 from .capture import LayerCapture, as_channels_first, check_submodules, flatten_captured, layer_gradients
 from .functional import fused_cam, upsample_maps
+from .smoothing import augmented_batch, default_augmentations, mean_of_copies
 
 COMBINE = ("mean", "max")
 
@@ -45,7 +46,8 @@ NORMALIZE = ("minmax", "none")
 def explain(model: nn.Module, target_layers, images, targets=None, *, size="input", combine: str = "mean",
             reshape=None, relu: bool = True, normalize: str = "minmax", eps: float = 1e-7, method: str = "gradcam",
             layer_input: bool = False, sum_channels: bool = True, forward_args=(), forward_kwargs=None,
-            output=None, backend: str | None = None, return_logits: bool = False):
+            output=None, smooth: str | None = None, augmentations=None, backend: str | None = None,
+            return_logits: bool = False):
     """CAM maps for a batch, as a (B, *size) tensor on the images' device (float32, or float64 for
     float64 models): in [0, 1] by default, raw with normalize="none".
 
@@ -78,7 +80,14 @@ def explain(model: nn.Module, target_layers, images, targets=None, *, size="inpu
         forward_args, forward_kwargs: more arguments of the model, after the images.
         output: the model's output to score: a key, an index or a callable
             (`batchcam.targets.select_output`), for models that return dicts, tuples or objects.
-        return_logits: also return the (detached) scored output of the forward: (maps, logits).
+        smooth: None, or "tta": test-time augmentation, the mean of the maps of augmented copies
+            of the images, each mapped back (pytorch-grad-cam's aug_smooth), all copies in one
+            forward and one backward; size "input" only. Targets: indices or B callables are
+            repeated for the copies; the prediction is each copy's own.
+        augmentations: the copies of smooth="tta", (augment, map back) pairs of
+            `batchcam.smoothing` (default: pytorch-grad-cam's flips x brightness 0.9, 1, 1.1).
+        return_logits: also return the (detached) scored output of the forward: (maps, logits);
+            with smooth="tta", the logits of every copy, (copies, B, classes).
 
     A layer that does not influence the target (no gradient reaches it) gets zero maps, as in
     Captum. The model's mode, its parameters (values and `.grad`), its buffers (BatchNorm
@@ -104,6 +113,12 @@ def explain(model: nn.Module, target_layers, images, targets=None, *, size="inpu
     if not sum_channels and (size != "layer" or normalize != "none"):
         raise ValueError("explain: sum_channels=False gives per-channel terms at the layer's size, unnormalised: "
                          "pass size='layer' and normalize='none'")
+    if smooth is not None:
+        return _smoothed(model, layers, images, targets, smooth, augmentations, return_logits,
+                         dict(size=size, combine=combine, reshape=reshape, relu=relu, normalize=normalize, eps=eps,
+                              method=method, layer_input=layer_input, sum_channels=sum_channels,
+                              forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                              backend=backend))
     first_input = images[0] if isinstance(images, tuple) else images
     # The forward records no graph below the first target layer (nothing there needs a gradient):
     # it starts under no_grad and the capture hook turns grad mode on.
@@ -161,3 +176,18 @@ def explain(model: nn.Module, target_layers, images, targets=None, *, size="inpu
             combined = stacked.mean(0) if combine == "mean" else stacked.amax(0)
         result = finish(combined)
     return (result, logits.detach()) if return_logits else result
+
+
+def _smoothed(model, layers, images, targets, smooth, augmentations, return_logits, options):
+    """explain(smooth="tta"): one explain of every augmented copy, maps mapped back and averaged."""
+    if smooth != "tta":
+        raise ValueError(f"explain: smooth must be None or 'tta', got {smooth!r}")
+    if isinstance(images, tuple) or options["size"] != "input" or not options["sum_channels"]:
+        raise ValueError("explain: smooth='tta' takes one image tensor, size='input' and summed channels")
+    augmentations = augmentations or default_augmentations()
+    batch, repeated = augmented_batch(images, targets, augmentations)
+    maps, logits = explain(model, layers, batch, repeated, return_logits=True, **options)
+    if isinstance(maps, tuple):
+        raise ValueError("explain: smooth='tta' needs a target layer of one tensor")
+    maps = mean_of_copies(maps, augmentations)
+    return (maps, logits.view(len(augmentations), len(images), *logits.shape[1:])) if return_logits else maps
