@@ -3,6 +3,7 @@ path with a state-dict file, a layer by name, targets, file names by class, grid
 and `batchcam.overlay` itself."""
 import json
 import os
+import sys
 import textwrap
 
 import numpy as np
@@ -12,6 +13,9 @@ from PIL import Image
 
 import batchcam
 from batchcam.cli import main as cli_main
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from examples import shapes  # noqa: E402
 
 USER_MODULE = """
 import torch
@@ -35,17 +39,10 @@ class DictNet(nn.Module):
 """
 
 
-def draw_shapes(folder, count=5, size=64):
-    """RGB PNGs of a coloured square, disc or bar on a dark background."""
-    rng = np.random.default_rng(0)
+def draw_shapes(folder, count=5):
+    """RGB PNGs of coloured shapes (examples/shapes.py), their names with spaces."""
     os.makedirs(folder)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(count):
-        image = np.full((size, size, 3), 20, dtype=np.uint8)
-        cy, cx = rng.integers(16, size - 16, 2)
-        shape = [(abs(yy - cy) < 10) & (abs(xx - cx) < 10), (yy - cy) ** 2 + (xx - cx) ** 2 < 120,
-                 (abs(yy - cy) < 4) & (abs(xx - cx) < 14)][i % 3]
-        image[shape] = rng.integers(80, 255, 3)
+    for i, image in enumerate(shapes.draw(count)[0]):
         Image.fromarray(image).save(os.path.join(folder, f"shape {i}.png"))
 
 
