@@ -66,8 +66,11 @@ def anchors(model, images, maps, targets):
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    imputer = road_module.NoisyLinearImputer
-    road_module.NoisyLinearImputer = lambda: imputer(noise=0.0)  # what ROAD's classes construct
+    class Noiseless(road_module.NoisyLinearImputer):  # what ROAD's classes construct, without noise
+        def __init__(self, noise=0.0, **kwargs):
+            super().__init__(noise=0.0, **kwargs)
+
+    road_module.NoisyLinearImputer = Noiseless
     wanted = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
     cams = maps.numpy()
     return {

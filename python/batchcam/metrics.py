@@ -144,38 +144,49 @@ def insertion_curve(model, images, maps, targets=None, *, steps=16, baseline=0.0
 _NEIGHBOURS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
 
 
-def linear_impute(images, removed, noise=0.0, tol=1e-7, max_iterations=None, generator=None):
+def _neighbour_sum(v, kernel):
+    """sum_j w_ij v_j over the 8 neighbours of every pixel of (N, 1, H, W) `v` (zero outside).
+    float32: as one depthwise convolution over (1, N, H, W), about 8x faster on CPU than the
+    plain convolution of N one-channel images; float64 has no fast depthwise path there."""
+    if v.dtype == torch.float32:
+        n = v.shape[0]
+        return F.conv2d(v.view(1, n, *v.shape[2:]), kernel.expand(n, 1, 3, 3), padding=1, groups=n).view_as(v)
+    return F.conv2d(v, kernel, padding=1)
+
+
+def linear_impute(images, removed, noise=0.0, tol=None, max_iterations=None, generator=None):
     """Images (N, C, H, W) with the pixels where `removed` (N, H, W) is True replaced by the solution
     of sum_j w_ij (v_i - x_j) = 0 over the neighbours j of every removed pixel i (pytorch-grad-cam's
     NoisyLinearImputer, scipy's spsolve there), then `noise` * N(0, 1) added to them. Solved by
     conjugate gradients on the symmetric positive definite system, every image and channel at
-    once, to a relative residual of `tol`."""
+    once, in the images' precision (at least float32), to a relative residual of `tol` (default
+    1e-6 in float32, 1e-10 in float64)."""
     n, c, h, w = images.shape
-    x = images.double()
+    x = images.to(torch.promote_types(images.dtype, torch.float32))
+    tol = tol if tol is not None else 1e-6 if x.dtype == torch.float32 else 1e-10
     unknown = removed.to(x.dtype).unsqueeze(1).expand(n, c, h, w).reshape(n * c, 1, h, w)
-    known = 1 - unknown
-    values = x.reshape(n * c, 1, h, w) * known
+    values = x.reshape(n * c, 1, h, w) * (1 - unknown)
     kernel = _NEIGHBOURS.to(x)[None, None]
     degree = F.conv2d(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), kernel, padding=1)  # border weights
 
     def operator(v):  # (D - W) restricted to the unknowns: symmetric positive definite
-        return unknown * (degree * v - F.conv2d(v * unknown, kernel, padding=1))
+        return unknown * (degree * v - _neighbour_sum(v * unknown, kernel))
 
-    rhs = unknown * F.conv2d(values, kernel, padding=1)
+    rhs = unknown * _neighbour_sum(values, kernel)
     v = torch.zeros_like(rhs)
     r = rhs.clone()
     p = r.clone()
     rr = (r * r).flatten(1).sum(1)
-    target = tol ** 2 * rr.clamp(min=1e-300)
+    target = tol ** 2 * rr.clamp(min=torch.finfo(x.dtype).tiny)
     for _ in range(max_iterations or 4 * (h + w) + 100):
         if bool((rr <= target).all()):
             break
         ap = operator(p)
-        alpha = rr / (p * ap).flatten(1).sum(1).clamp(min=1e-300)
+        alpha = rr / (p * ap).flatten(1).sum(1).clamp(min=torch.finfo(x.dtype).tiny)
         v = v + alpha[:, None, None, None] * p
         r = r - alpha[:, None, None, None] * ap
         rr_next = (r * r).flatten(1).sum(1)
-        p = r + (rr_next / rr.clamp(min=1e-300))[:, None, None, None] * p
+        p = r + (rr_next / rr.clamp(min=torch.finfo(x.dtype).tiny))[:, None, None, None] * p
         rr = rr_next
     filled = values + unknown * v
     if noise:
