@@ -105,14 +105,18 @@ class TinyViT(nn.Module):
         return self.head(self.block(tokens).mean(1))
 
 
-def test_reshape_for_token_outputs():
+def vit_case():
+    """A TinyViT (float64), 3 images, and its tokens' reshape: (B, 49, C) -> (B, C, 7, 7)."""
     torch.manual_seed(0)
-    model = TinyViT().double()
-    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    return TinyViT().double(), torch.rand(3, 1, 28, 28, dtype=torch.float64), tokens_to_maps
 
-    def to_maps(t):  # (B, 49, C) -> (B, C, 7, 7)
-        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], 7, 7)
 
+def tokens_to_maps(t):
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], 7, 7)
+
+
+def test_reshape_for_token_outputs():
+    model, x, to_maps = vit_case()
     maps = batchcam.explain(model, model.block, x, reshape=to_maps)
     tokens = {}
     handle = model.block.register_forward_hook(lambda m, i, o: tokens.setdefault("a", o))

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 import batchcam
 from batchcam.targets import class_scores
 
-from test_explain import TinyViT
+from test_explain import vit_case
 
 
 class TinySegmenter(nn.Module):
@@ -142,13 +142,7 @@ def test_output_selector_errors():
 
 
 def test_batchcam_takes_reshape_and_targets():
-    torch.manual_seed(0)
-    model = TinyViT().double()
-    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
-
-    def to_maps(t):  # (B, 49, C) -> (B, C, 7, 7)
-        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], 7, 7)
-
+    model, x, to_maps = vit_case()
     target = batchcam.EmbeddingTarget(torch.randn(10, dtype=torch.float64))
     expected = batchcam.explain(model, model.block, x, target, reshape=to_maps, size="layer", normalize="none")
     with batchcam.BatchCAM(model, model.block, reshape=to_maps, normalize="none") as cam:
