@@ -58,11 +58,12 @@ def select(spec):
 
 
 def table(record, columns=None):
-    if record["bench"] == "compare":  # a training comparison: its own table
+    if record["bench"] == "compare":  # a training comparison: its own table (over seeds: two tables)
         sys.path.insert(0, os.path.join(ROOT, "python"))
         from batchcam.compare import compare_table
+        from batchcam.study import study_tables
 
-        return compare_table(record["results"])
+        return study_tables(record["summary"]) if "summary" in record else compare_table(record["results"])
     header, rows = record["header"], record["rows"]
     keep = [header.index(c) for c in columns.split("|")] if columns else range(len(header))
     lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]

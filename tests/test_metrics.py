@@ -62,6 +62,7 @@ def test_confidence_change_and_average_drop():
     with torch.no_grad():
         before = np.array([probability(model, images[b], targets[b]) for b in range(5)])
         after = np.array([probability(model, images[b] * maps[b], targets[b]) for b in range(5)])
+    assert not change.requires_grad  # no graph through the model for maps without grad
     np.testing.assert_allclose(change.numpy(), after - before, atol=1e-12)
     summary = metrics.average_drop_increase(model, images, maps, targets)
     assert summary["average_drop"] == pytest.approx(100 * np.mean(np.maximum(before - after, 0) / before))
@@ -71,6 +72,8 @@ def test_confidence_change_and_average_drop():
         predicted = model(images).argmax(1)
         expected = model(images * maps[:, None]).gather(1, predicted[:, None]) - model(images).max(1, True).values
     torch.testing.assert_close(logits, expected[:, 0])
+    assert torch.autograd.gradcheck(lambda m: metrics.confidence_change(model, images, m, targets),
+                                    (maps.clone().requires_grad_(True),))
 
 
 def test_soft_curves_are_differentiable_and_approach_the_hard_ones():

@@ -2,8 +2,9 @@
 sample goes through the model in batches, no loop over samples.
 
 - `confidence_change`: score(x * map) - score(x) per sample (pytorch-grad-cam's
-  CamMultImageConfidenceChange), and from it `average_drop_increase`: Grad-CAM++'s average drop
-  (mean of max(0, Y - O) / Y, in %) and increase in confidence (% of samples with O > Y).
+  CamMultImageConfidenceChange; differentiable with respect to the maps), and from it
+  `average_drop_increase`: Grad-CAM++'s average drop (mean of max(0, Y - O) / Y, in %) and
+  increase in confidence (% of samples with O > Y).
 - `deletion_curve` / `insertion_curve`: the score as pixels are removed from (or added to) the
   image in the map's order, most relevant first, over `steps` steps, and the area under it
   (RISE, TorchCAM, Xplique). With `temperature`, a soft mask sigmoid((map - threshold) / t)
@@ -57,13 +58,22 @@ def _targets(model, images, targets, output):
     return targets
 
 
-@torch.no_grad()
-def confidence_change(model, images, maps, targets=None, *, score="probability", output=None, batch_size=None):
-    """(B,) score(images * maps) - score(images) (maps broadcast over channels)."""
-    _check(images, maps, score)
+def _scores_before_after(model, images, maps, targets, score, output, batch_size):
+    """Scores of the images (no gradient) and of images * maps (a graph only for maps that require
+    grad), for the targets or the predicted classes."""
     targets = _targets(model, images, targets, output)
-    both = torch.cat([images, images * maps.unsqueeze(1).to(images.dtype)])
-    before, after = target_scores(model, both, targets.repeat(2), score, output, batch_size).chunk(2)
+    with torch.no_grad():
+        before = target_scores(model, images, targets, score, output, batch_size)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and maps.requires_grad):
+        after = target_scores(model, images * maps.unsqueeze(1).to(images.dtype), targets, score, output, batch_size)
+    return before, after
+
+
+def confidence_change(model, images, maps, targets=None, *, score="probability", output=None, batch_size=None):
+    """(B,) score(images * maps) - score(images) (maps broadcast over channels); differentiable
+    with respect to the maps."""
+    _check(images, maps, score)
+    before, after = _scores_before_after(model, images, maps, targets, score, output, batch_size)
     return after - before
 
 
@@ -72,9 +82,7 @@ def average_drop_increase(model, images, maps, targets=None, *, score="probabili
     """Grad-CAM++'s {"average_drop": mean max(0, Y - O) / Y * 100, "increase": % of O > Y}, with
     Y the score of the image and O that of the image times its map."""
     _check(images, maps, score)
-    targets = _targets(model, images, targets, output)
-    both = torch.cat([images, images * maps.unsqueeze(1).to(images.dtype)])
-    before, after = target_scores(model, both, targets.repeat(2), score, output, batch_size).chunk(2)
+    before, after = _scores_before_after(model, images, maps, targets, score, output, batch_size)
     drop = (before - after).clamp(min=0) / before
     return {"average_drop": 100 * drop.mean().item(), "increase": 100 * (after > before).float().mean().item()}
 
@@ -125,7 +133,7 @@ def deletion_curve(model, images, maps, targets=None, *, steps=16, baseline=0.0,
     """(curves (B, steps + 1), AUC (B,)): the score after removing the k/steps most relevant
     pixels (set to `baseline`: a value or an image batch), k = 0..steps. Lower AUC: a more
     faithful map. `temperature`: soft masks, differentiable with respect to the maps."""
-    with torch.set_grad_enabled(temperature is not None and torch.is_grad_enabled()):
+    with torch.set_grad_enabled(temperature is not None and maps.requires_grad and torch.is_grad_enabled()):
         return _perturbation_curve(model, images, maps, targets, steps, baseline, False, score, output, batch_size,
                                    temperature)
 
@@ -134,7 +142,7 @@ def insertion_curve(model, images, maps, targets=None, *, steps=16, baseline=0.0
                     batch_size=None, temperature=None):
     """(curves (B, steps + 1), AUC (B,)): the score of `baseline` with the k/steps most relevant
     pixels of the image put back, k = 0..steps. Higher AUC: a more faithful map."""
-    with torch.set_grad_enabled(temperature is not None and torch.is_grad_enabled()):
+    with torch.set_grad_enabled(temperature is not None and maps.requires_grad and torch.is_grad_enabled()):
         return _perturbation_curve(model, images, maps, targets, steps, baseline, True, score, output, batch_size,
                                    temperature)
 
