@@ -1,6 +1,7 @@
 """The package's layers, each importing only from its own layer and those below it:
-the op (checks, dispatch, reference), CAM (BatchCAM, capture, explain), training (losses, models,
-data, checkpoints, trainer, pictures) and the command line. The Triton kernels import nothing of
+the op (checks, dispatch, reference), CAM (targets, BatchCAM, capture, explain, smoothing,
+metrics), training (losses, models, data, checkpoints, trainer, pictures, comparisons over seeds)
+and the command line. The Triton kernels import nothing of
 the package."""
 import ast
 import glob
@@ -12,9 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "python", "batchcam")
 LAYERS = {
     0: {"_C", "definitions", "backend", "ops", "reference", "functional"},
-    1: {"capture", "cam", "explanation"},
-    2: {"losses", "models", "data", "checkpoints", "outputs", "devices", "training", "figures"},
-    3: {"cli", "explain_cli", "bench_cli", "__main__", "__init__"},
+    1: {"targets", "capture", "cam", "smoothing", "explanation", "metrics"},
+    2: {"losses", "models", "data", "checkpoints", "outputs", "devices", "training", "figures", "study", "compare"},
+    3: {"cli", "explain_cli", "evaluate_cli", "bench_cli", "__main__", "__init__"},
 }
 LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
 
