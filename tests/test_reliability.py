@@ -279,7 +279,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_sigint_ends_in_one_line(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "batchcam", "train", "--epochs", "50", *TINY_ARGS,
+    # Epochs enough that no run finishes before the signal, however loaded the machine.
+    proc = subprocess.Popen([sys.executable, "-m", "batchcam", "train", "--epochs", "100000", *TINY_ARGS,
                              "--out", str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "run" / "checkpoint.pt").exists() and time.time() < deadline:
