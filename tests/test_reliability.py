@@ -279,9 +279,12 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_sigint_ends_in_one_line(tmp_path):
-    # Epochs enough that no run finishes before the signal, however loaded the machine.
+    # Epochs enough that no run finishes before the signal, however loaded the machine; SIGINT's
+    # default action restored in the child (pytest-xdist's workers ignore it, and an ignored
+    # SIGINT is inherited: Python then installs no KeyboardInterrupt handler).
     proc = subprocess.Popen([sys.executable, "-m", "batchcam", "train", "--epochs", "100000", *TINY_ARGS,
-                             "--out", str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+                             "--out", str(tmp_path / "run")], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (tmp_path / "run" / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.1)
