@@ -16,7 +16,7 @@ nvcc_home="${nvcc_home%/}"
 
 echo "check_cuda_build: torch 2.14.1 (CUDA 13.0) in $venv"
 [ -x "$venv/bin/python" ] || python -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 numpy==2.4.6 pillow==13.0.0 pytest==9.0.3 \
+"$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 numpy==2.4.6 pillow==13.0.0 tqdm==4.70.1 pytest==9.0.3 \
   "setuptools<82" wheel ninja==1.13.2
 
 # A copy of the tree: the in-place build would otherwise replace this checkout's extension.
