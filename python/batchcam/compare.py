@@ -82,13 +82,10 @@ def start_comparison(out, plan, *, resume, overwrite):
         raise FileNotFoundError(f"resume: no comparison in {out} ({PLAN_FILE} missing)") from None
     except ValueError as e:
         raise ValueError(f"{path}: unreadable ({e})") from None
-    for key in sorted(set(plan["config"]) | set(started.get("config", {}))):
-        if started.get("config", {}).get(key) != plan["config"].get(key):
-            raise ValueError(f"{path}: was started with {key} {started['config'].get(key)!r}, not "
-                             f"{plan['config'].get(key)!r}; resume with the same options")
-    for key in ("seeds", "cam_methods"):
-        if started.get(key) != plan[key]:
-            raise ValueError(f"{path}: was started with {key} {started.get(key)}, not {plan[key]}; "
+    flat_plan, flat_started = {**plan["config"], **plan}, {**started.get("config", {}), **started}
+    for key in sorted((set(flat_plan) | set(flat_started)) - {"config"}):
+        if flat_started.get(key) != flat_plan.get(key):
+            raise ValueError(f"{path}: was started with {key} {flat_started.get(key)!r}, not {flat_plan.get(key)!r}; "
                              "resume with the same options")
 
 
@@ -131,10 +128,9 @@ def run_compare(config, methods, seeds, *, out):
                      resume=config.resume, overwrite=config.overwrite)
     title = (f"Batch-CAM protocols: {config.model} on {config.dataset}, {config.epochs} epochs, "
              f"batch {config.batch_size}")
-    every, text = [], []
+    every, text, runs = [], [], compare_runs(methods)
     for seed in seeds:
         folder = out if len(seeds) == 1 else os.path.join(out, f"seed-{seed}")
-        runs = compare_runs(methods)
         results = [finished_or_trained(dataclasses.replace(config, protocol=protocol, cam_method=method, seed=seed,
                                                            out=os.path.join(folder, name)))
                    for protocol, method, name in runs]

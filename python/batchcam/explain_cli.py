@@ -21,7 +21,7 @@ from .checkpoints import atomic_write, load_into
 from .data import load_split
 from .devices import resolve_device
 from .explanation import explain, per_sample_minmax
-from .figures import overlay, overlay_grid
+from .figures import overlay, picture_grid
 from .outputs import check_output_file, prepare_output_dir
 from .training import load_trained
 
@@ -234,19 +234,18 @@ def run_explain(args):
         preds = logits.argmax(1).tolist()
         explained = preds if targets is None else targets.tolist()
         shown = maps if args.normalize == "minmax" else per_sample_minmax(maps, 1e-7)  # overlays: [0, 1]
-        keep = max(0, min(len(x), args.overlays - len(pictures)))
-        for i in range(keep):
+        keep = max(0, min(len(x), args.overlays - len(titles)))
+        batch_pictures = overlay(x[:keep], shown[:keep], args.colormap, args.alpha)
+        for i, picture in enumerate(batch_pictures):
             name, pred = subject.class_name(explained[i]), subject.class_name(preds[i])
             label = file_label(name) + ("" if explained[i] == preds[i] else f"-pred-{file_label(pred)}")
-            picture = overlay(x[i:i + 1], shown[i:i + 1], args.colormap, args.alpha)[0]
             path = os.path.join(args.out, f"{subject.names[start + i]}-{label}.png")
             Image.fromarray(picture.permute(1, 2, 0).numpy()).save(path)
-            pictures.append((x[i], shown[i]))
             titles.append(name if explained[i] == preds[i] else f"{name} ({pred})")
-    if pictures:
-        overlay_grid(torch.stack([p[0] for p in pictures]), torch.stack([p[1] for p in pictures]),
-                     os.path.join(args.out, "grid.png"), titles=titles, colormap=args.colormap, alpha=args.alpha)
+        pictures.append(batch_pictures)
+    if titles:
+        picture_grid(torch.cat(pictures), os.path.join(args.out, "grid.png"), titles=titles, colormap=args.colormap)
     if args.maps:
         save_maps(torch.cat(all_maps), args.maps)
-    print(f"explained {len(images)} images: {len(pictures)} overlays and grid.png in {args.out}"
+    print(f"explained {len(images)} images: {len(titles)} overlays and grid.png in {args.out}"
           + (f", maps in {args.maps}" if args.maps else ""))

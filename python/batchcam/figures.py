@@ -87,7 +87,11 @@ def overlay_grid(images, maps, path, titles=None, columns: int = 8, scale: int |
                  colormap: str = "jet", alpha: float = 0.5):
     """Writes a PNG grid of overlays (`overlay(images, maps)`), a title above each (e.g. the class
     explained) and a colour bar; small images are enlarged to about 112 pixels. Returns `path`."""
-    pictures = overlay(images, maps, colormap, alpha)
+    return picture_grid(overlay(images, maps, colormap, alpha), path, titles, columns, scale, colormap)
+
+
+def picture_grid(pictures, path, titles=None, columns: int = 8, scale: int | None = None, colormap: str = "jet"):
+    """overlay_grid of overlays already made: (N, 3, H, W) uint8 pictures, the colour bar's map."""
     if titles is not None and len(titles) != len(pictures):
         raise ValueError(f"overlay_grid: {len(titles)} titles for {len(pictures)} images")
     height, width = pictures.shape[2:]

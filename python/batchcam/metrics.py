@@ -108,6 +108,13 @@ def _masks(maps, fractions, temperature):
 
 def _perturbation_curve(model, images, maps, targets, steps, baseline, insertion, score, output, batch_size,
                         temperature):
+    """(curves, AUC) of deletion or insertion; a graph only for soft masks of maps that require grad."""
+    with torch.set_grad_enabled(temperature is not None and maps.requires_grad and torch.is_grad_enabled()):
+        return _curve(model, images, maps, targets, steps, baseline, insertion, score, output, batch_size,
+                      temperature)
+
+
+def _curve(model, images, maps, targets, steps, baseline, insertion, score, output, batch_size, temperature):
     _check(images, maps, score)
     if steps < 1:
         raise ValueError(f"metrics: steps must be >= 1, got {steps}")
@@ -133,18 +140,16 @@ def deletion_curve(model, images, maps, targets=None, *, steps=16, baseline=0.0,
     """(curves (B, steps + 1), AUC (B,)): the score after removing the k/steps most relevant
     pixels (set to `baseline`: a value or an image batch), k = 0..steps. Lower AUC: a more
     faithful map. `temperature`: soft masks, differentiable with respect to the maps."""
-    with torch.set_grad_enabled(temperature is not None and maps.requires_grad and torch.is_grad_enabled()):
-        return _perturbation_curve(model, images, maps, targets, steps, baseline, False, score, output, batch_size,
-                                   temperature)
+    return _perturbation_curve(model, images, maps, targets, steps, baseline, False, score, output, batch_size,
+                               temperature)
 
 
 def insertion_curve(model, images, maps, targets=None, *, steps=16, baseline=0.0, score="probability", output=None,
                     batch_size=None, temperature=None):
     """(curves (B, steps + 1), AUC (B,)): the score of `baseline` with the k/steps most relevant
     pixels of the image put back, k = 0..steps. Higher AUC: a more faithful map."""
-    with torch.set_grad_enabled(temperature is not None and maps.requires_grad and torch.is_grad_enabled()):
-        return _perturbation_curve(model, images, maps, targets, steps, baseline, True, score, output, batch_size,
-                                   temperature)
+    return _perturbation_curve(model, images, maps, targets, steps, baseline, True, score, output, batch_size,
+                               temperature)
 
 
 # ROAD's noisy linear imputer: each removed pixel is the weighted mean of its 8 neighbours (weights
@@ -218,17 +223,21 @@ def road(model, images, maps, targets=None, *, order="combined", percentiles=ROA
     _check(images, maps, score)
     if order not in ROAD_ORDERS:
         raise ValueError(f"road: order must be one of {ROAD_ORDERS}, got {order!r}")
-    if order == "combined":
-        args = dict(targets=targets, percentiles=percentiles, noise=noise, score=score, output=output,
-                    batch_size=batch_size, generator=generator)
-        return (road(model, images, maps, order="lerf", **args) - road(model, images, maps, order="morf", **args)) / 2
     targets = _targets(model, images, targets, output)
-    ranked = (maps if order == "morf" else 1 - maps).double().flatten(1)
-    q = torch.tensor([p / 100 for p in percentiles], dtype=ranked.dtype, device=ranked.device)
-    thresholds = torch.quantile(ranked, q, dim=1)  # (P, B): numpy.percentile's linear interpolation
-    removed = ranked[None] >= thresholds[..., None]  # (P, B, H*W): pytorch-grad-cam keeps map < threshold
-    batch, pixels = images.shape[0], images.shape[2:]
-    imputed = linear_impute(images.repeat(len(q), 1, 1, 1), removed.reshape(-1, *pixels), noise, generator=generator)
     before = target_scores(model, images, targets, score, output, batch_size)
-    after = target_scores(model, imputed, targets.repeat(len(q)), score, output, batch_size).view(len(q), batch)
-    return (after - before).mean(0)
+    q = torch.tensor([p / 100 for p in percentiles], dtype=torch.float64, device=maps.device)
+    batch, pixels = images.shape[0], images.shape[2:]
+
+    def change(ranked):  # mean over the percentiles of score(imputed) - score(image), (B,)
+        ranked = ranked.double().flatten(1)
+        thresholds = torch.quantile(ranked, q, dim=1)  # (P, B): numpy.percentile's linear interpolation
+        removed = ranked[None] >= thresholds[..., None]  # (P, B, H*W): pytorch-grad-cam keeps map < threshold
+        imputed = linear_impute(images.repeat(len(q), 1, 1, 1), removed.reshape(-1, *pixels), noise,
+                                generator=generator)
+        after = target_scores(model, imputed, targets.repeat(len(q)), score, output, batch_size).view(len(q), batch)
+        return (after - before).mean(0)
+
+    if order == "morf":
+        return change(maps)
+    lerf = change(1 - maps)
+    return lerf if order == "lerf" else (lerf - change(maps)) / 2

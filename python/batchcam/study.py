@@ -63,14 +63,11 @@ def summarize(results):
     return rows
 
 
-def _verdict(diff, bound, larger_is_yes):
-    """'yes' / 'no' / 'undetermined': where the interval [low, high] lies against `bound`."""
+def _verdict(diff, bound):
+    """'yes' / 'no' / 'undetermined': the interval [low, high] wholly above `bound`, wholly below, or across."""
     if diff is None:
         return "-"
-    low, high = diff["low"], diff["high"]
-    if larger_is_yes:
-        return "yes" if low > bound else "no" if high < bound else "undetermined"
-    return "yes" if high < bound else "no" if low > bound else "undetermined"
+    return "yes" if diff["low"] > bound else "no" if diff["high"] < bound else "undetermined"
 
 
 def _scaled(metric):
@@ -97,8 +94,8 @@ def study_tables(rows):
             k = _scaled(m)
             cells.append("-" if d is None else
                          f"{d['mean'] * k:+.{digits}f} [{d['low'] * k:+.{digits}f}, {d['high'] * k:+.{digits}f}]")
-        within = _verdict(row["diff"].get("test_accuracy"), -0.01, larger_is_yes=True)
-        raised = _verdict(row["diff"].get("ssim"), 0.0, larger_is_yes=True)
+        within = _verdict(row["diff"].get("test_accuracy"), -0.01)
+        raised = _verdict(row["diff"].get("ssim"), 0.0)
         lines.append(f"| {row['protocol']} | {row['cam']} | " + " | ".join(cells) + f" | {within} | {raised} |")
     return "\n".join(lines)
 
