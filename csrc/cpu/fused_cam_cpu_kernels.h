@@ -134,6 +134,36 @@ template <bool HasY, int64_t R, typename acc_t, typename scalar_t, typename out_
   }
 }
 
+// Per-element terms of the other weight-based methods' per-channel sums (rows_terms), given the
+// elements a, g of A and G and the channel's S = sum_p A: a scalar of() and, with AVX2, 8 lanes.
+struct ProductTerm {  // G A: XGrad-CAM's numerator
+  template <typename T>
+  static T of(T a, T g, T /*S*/) { return g * a; }
+#if BATCHCAM_CPU_AVX2
+  static __m256 of(__m256 a, __m256 g, __m256 /*S*/) { return _mm256_mul_ps(g, a); }
+#endif
+};
+
+template <int Power>  // Grad-CAM++'s t(g, S) (its weight) or t^2 (its backward), as gradcampp_term
+struct GradCamPPTerm {
+  template <typename T>
+  static T of(T /*a*/, T g, T S) {
+    const T t = gradcampp_term(g, S);
+    return Power == 1 ? t : t * t;
+  }
+#if BATCHCAM_CPU_AVX2
+  static __m256 of(__m256 /*a*/, __m256 g, __m256 S) {
+    const __m256 g2 = _mm256_mul_ps(g, g);
+    const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(g2, g2), _mm256_mul_ps(_mm256_mul_ps(S, g2), g)),
+                                   _mm256_set1_ps(static_cast<float>(kGradCamPPEps)));
+    // zero where g <= 0 (an ordered compare: NaN stays NaN)
+    const __m256 t = _mm256_andnot_ps(_mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LE_OQ),
+                                      _mm256_mul_ps(g, _mm256_div_ps(g2, d)));
+    return Power == 1 ? t : _mm256_mul_ps(t, t);
+  }
+#endif
+};
+
 #if BATCHCAM_CPU_AVX2
 // 8 elements as floats (conversions from Half and BFloat16 are exact).
 template <typename scalar_t>
@@ -160,9 +190,22 @@ template <typename scalar_t>
   }
 }
 
+// out[r] = scale * (the sum of sum[r]'s 8 lanes), for 8 rows reduced together by a tree of
+// horizontal adds: a fixed order and 9 instructions for 8 rows, where reducing each row's lanes
+// alone costs more than summing a short row.
+template <typename out_t>
+[[gnu::always_inline]] inline void store_row_sums_8(const __m256 (&sum)[8], float scale, out_t* out) {
+  const __m256 s01 = _mm256_hadd_ps(sum[0], sum[1]), s23 = _mm256_hadd_ps(sum[2], sum[3]);
+  const __m256 s45 = _mm256_hadd_ps(sum[4], sum[5]), s67 = _mm256_hadd_ps(sum[6], sum[7]);
+  const __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);
+  const __m256 low = _mm256_permute2f128_ps(s03, s47, 0x20), high = _mm256_permute2f128_ps(s03, s47, 0x31);
+  alignas(32) float total[8];
+  _mm256_store_ps(total, _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale)));
+  for (int64_t r = 0; r < 8; ++r) out[r] = static_cast<out_t>(total[r]);
+}
+
 // rows_dot for 8 rows of float, Half or BFloat16, in AVX2: 8 partial sums per row (lane i % 8),
-// then the 8 rows' partial sums reduced together by a tree of horizontal adds: a fixed order and 9
-// instructions for 8 rows, where reducing each row's lanes alone costs more than summing a short row.
+// then reduced by store_row_sums_8.
 template <bool HasY, typename scalar_t, typename out_t>
 void rows_dot_8(const scalar_t* x, int64_t stride, const float* y, int64_t n, float scale, out_t* out) {
   __m256 sum[8];
@@ -177,13 +220,25 @@ void rows_dot_8(const scalar_t* x, int64_t stride, const float* y, int64_t n, fl
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) add(i, [](const auto* v) { return load_8(v); });
   if (i < n) add(i, [m = n - i](const auto* v) { return load_first(v, m); });
-  const __m256 s01 = _mm256_hadd_ps(sum[0], sum[1]), s23 = _mm256_hadd_ps(sum[2], sum[3]);
-  const __m256 s45 = _mm256_hadd_ps(sum[4], sum[5]), s67 = _mm256_hadd_ps(sum[6], sum[7]);
-  const __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);
-  const __m256 low = _mm256_permute2f128_ps(s03, s47, 0x20), high = _mm256_permute2f128_ps(s03, s47, 0x31);
-  alignas(32) float total[8];
-  _mm256_store_ps(total, _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale)));
-  for (int64_t r = 0; r < 8; ++r) out[r] = static_cast<out_t>(total[r]);
+  store_row_sums_8(sum, scale, out);
+}
+
+// rows_terms for 8 rows of float, Half or BFloat16 (n <= kSpan), as rows_dot_8.
+template <typename Term, typename scalar_t>
+void rows_terms_8(const scalar_t* a, const scalar_t* g, int64_t stride, const float* S, int64_t n, float* out) {
+  __m256 sum[8];
+  for (auto& v : sum) v = _mm256_setzero_ps();
+  auto add = [&](int64_t i, auto load) {
+    for (int64_t r = 0; r < 8; ++r) {
+      const __m256 term = Term::of(load(a + r * stride + i), load(g + r * stride + i),
+                                   S ? _mm256_broadcast_ss(S + r) : _mm256_setzero_ps());
+      sum[r] = _mm256_add_ps(sum[r], term);
+    }
+  };
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) add(i, [](const auto* v) { return load_8(v); });
+  if (i < n) add(i, [m = n - i](const auto* v) { return load_first(v, m); });
+  store_row_sums_8(sum, 1.f, out);
 }
 #endif
 
@@ -200,19 +255,29 @@ void rows_dot_short(const scalar_t* x, int64_t stride, const acc_t* y, int64_t r
   for (; r < rows; ++r) rows_dot_block<HasY, 1>(x + r * stride, stride, y, n, scale, out + r);
 }
 
+// fn(i0, m, scale, out) writes scale times the sums of elements [i0, i0 + m) of `rows` rows into
+// out[0, rows): called once on whole rows (n <= kSpan, into `out`), else span by span of kSpan
+// elements and the spans' sums added up in order (see rows_dot).
+template <typename acc_t, typename out_t, typename Fn>
+void by_spans(int64_t rows, int64_t n, acc_t scale, out_t* out, const Fn& fn) {
+  if (n <= kSpan) return fn(int64_t(0), n, scale, out);
+  std::vector<acc_t> span(rows), total(rows, acc_t(0));
+  for (int64_t i0 = 0; i0 < n; i0 += kSpan) {
+    fn(i0, std::min(kSpan, n - i0), acc_t(1), span.data());
+    for (int64_t r = 0; r < rows; ++r) total[r] += span[r];
+  }
+  for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<out_t>(total[r] * scale);
+}
+
 // out[r] = scale * sum_i x[r * stride + i] * y[i] (y = 1 without HasY), for `rows` rows of n
 // elements. A row longer than kSpan is summed span by span and the spans' sums added up: blocked
 // summation, whose rounding error grows with sqrt(kSpan) + n / kSpan rather than with n, so that
 // float32 sums keep float32 accuracy over millions of positions.
 template <bool HasY, typename acc_t, typename scalar_t, typename out_t>
 void rows_dot(const scalar_t* x, int64_t stride, const acc_t* y, int64_t rows, int64_t n, acc_t scale, out_t* out) {
-  if (n <= kSpan) return rows_dot_short<HasY>(x, stride, y, rows, n, scale, out);
-  std::vector<acc_t> span(rows), total(rows, acc_t(0));
-  for (int64_t i0 = 0; i0 < n; i0 += kSpan) {
-    rows_dot_short<HasY>(x + i0, stride, HasY ? y + i0 : y, rows, std::min(kSpan, n - i0), acc_t(1), span.data());
-    for (int64_t r = 0; r < rows; ++r) total[r] += span[r];
-  }
-  for (int64_t r = 0; r < rows; ++r) out[r] = static_cast<out_t>(total[r] * scale);
+  by_spans(rows, n, scale, out, [&](int64_t i0, int64_t m, acc_t span_scale, auto* span_out) {
+    rows_dot_short<HasY>(x + i0, stride, HasY ? y + i0 : y, rows, m, span_scale, span_out);
+  });
 }
 
 // out[i] += sum_r w[r] * x[r * stride + i], for i < n.
@@ -533,15 +598,43 @@ template <typename acc_t, typename scalar_t>
   return static_cast<acc_t>(x[i]);
 }
 
-// w of one channel of a weight-based method from its rows of A and G (n = P elements each).
+// out[r] = sum_i Term::of(a[r * stride + i], g[r * stride + i], S[r]) (S null: 0) for `rows` rows
+// of n elements, blocked over spans as rows_dot; with AVX2 8 rows at a time as rows_dot_8.
+template <typename Term, typename acc_t, typename scalar_t>
+void rows_terms(const scalar_t* a, const scalar_t* g, int64_t stride, const acc_t* S, int64_t rows, int64_t n,
+                acc_t* out) {
+  by_spans(rows, n, acc_t(1), out, [&](int64_t i0, int64_t m, acc_t, acc_t* span_out) {
+    int64_t r = 0;
+#if BATCHCAM_CPU_AVX2
+    if constexpr (std::is_same_v<acc_t, float>) {
+      for (; r + 8 <= rows; r += 8) {
+        rows_terms_8<Term>(a + r * stride + i0, g + r * stride + i0, stride, S ? S + r : S, m, span_out + r);
+      }
+    }
+#endif
+    for (; r < rows; ++r) {
+      const scalar_t* ar = a + r * stride + i0;
+      const scalar_t* gr = g + r * stride + i0;
+      const acc_t Sr = S ? S[r] : acc_t(0);
+      span_out[r] = sum_elements<acc_t>(m, [&](int64_t i) { return Term::of(at<acc_t>(ar, i), at<acc_t>(gr, i), Sr); });
+    }
+  });
+}
+
+// Channels whose per-channel sums are taken together (weight_rows, method_backward_channels): a
+// few rows of A and G, still in cache when they are read again.
+constexpr int64_t kRowsTogether = 16;
+
+// S = sum_p A and w for `rows` channels of a weight-based method, from their rows of A and G
+// (n = P elements each).
 template <Method M, typename acc_t, typename scalar_t>
-acc_t channel_weight(int64_t n, const scalar_t* a, const scalar_t* g) {
-  const acc_t S = sum_elements<acc_t>(n, [&](int64_t i) { return at<acc_t>(a, i); });
+void weight_rows(int64_t n, const scalar_t* a, const scalar_t* g, int64_t rows, acc_t* S, acc_t* w) {
+  rows_dot<false>(a, n, static_cast<const acc_t*>(nullptr), rows, n, acc_t(1), S);
   if constexpr (M == Method::XGradCam) {
-    return sum_elements<acc_t>(n, [&](int64_t i) { return at<acc_t>(g, i) * at<acc_t>(a, i); }) /
-           (S + acc_t(kXGradCamEps));
+    rows_terms<ProductTerm>(a, g, n, static_cast<const acc_t*>(nullptr), rows, n, w);
+    for (int64_t r = 0; r < rows; ++r) w[r] /= S[r] + acc_t(kXGradCamEps);
   } else {
-    return sum_elements<acc_t>(n, [&](int64_t i) { return gradcampp_term(at<acc_t>(g, i), S); });
+    rows_terms<GradCamPPTerm<1>>(a, g, n, S, rows, n, w);
   }
 }
 
@@ -556,9 +649,13 @@ void method_forward_channels(int64_t P, const scalar_t* a, const scalar_t* g, in
       return elementwise_term<M>(at<acc_t>(a, i), at<acc_t>(g, i));
     }, s_part);
   } else {
-    for (int64_t c = c0; c < c1; ++c) w[c] = channel_weight<M, acc_t>(P, a + c * P, g + c * P);
     std::fill(s_part, s_part + P, acc_t(0));
-    rows_axpy(a + c0 * P, P, w + c0, c1 - c0, P, s_part);
+    for (int64_t c = c0; c < c1; c += kRowsTogether) {
+      const int64_t rows = std::min(kRowsTogether, c1 - c);
+      acc_t S[kRowsTogether];
+      weight_rows<M>(P, a + c * P, g + c * P, rows, S, w + c);
+      rows_axpy(a + c * P, P, w + c, rows, P, s_part);
+    }
   }
 }
 
@@ -601,40 +698,39 @@ template <Method M, typename acc_t>
   }
 }
 
-// x of weight_method_grads for a channel whose G row is g (n elements).
-template <Method M, typename acc_t, typename scalar_t>
-acc_t channel_grad_term(int64_t n, const scalar_t* g, acc_t gw, acc_t S) {
-  if constexpr (M == Method::XGradCam) {
-    return gw / (S + acc_t(kXGradCamEps));
-  } else {
-    return -gw * sum_elements<acc_t>(n, [&](int64_t i) {
-      const acc_t t = gradcampp_term(at<acc_t>(g, i), S);
-      return t * t;
-    });
-  }
-}
-
 // Backward of channel block [c0, c1) of an NCHW sample, gA and gG each only if wanted: element-wise
 // methods gA = gs dh/da, gG = gs dh/dg; weight-based ones as weight_method_grads.
 template <Method M, typename scalar_t, typename acc_t>
 void method_backward_channels(int64_t P, const scalar_t* a, const scalar_t* g, const acc_t* w, const acc_t* gs,
                               int64_t c0, int64_t c1, scalar_t* ga, scalar_t* gg) {
   with_outputs(ga, gg, [&](auto write_a, auto write_g) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const scalar_t* ar = a + c * P;
-      const scalar_t* gr = g + c * P;
-      acc_t wc = 0, gw = 0, S = 0, x = 0;
+    for (int64_t first = c0; first < c1; first += kRowsTogether) {
+      // Per-channel values of kRowsTogether channels (weight-based): gw = sum_p gs A, S = sum_p A,
+      // x of weight_method_grads (Grad-CAM++: -gw sum_p t(G, S)^2).
+      const int64_t rows = std::min(kRowsTogether, c1 - first);
+      acc_t gw[kRowsTogether] = {}, S[kRowsTogether] = {}, x[kRowsTogether] = {};
       if constexpr (!is_elementwise(M)) {
-        wc = w[c];
-        S = sum_elements<acc_t>(P, [&](int64_t i) { return at<acc_t>(ar, i); });
-        gw = sum_elements<acc_t>(P, [&](int64_t i) { return gs[i] * at<acc_t>(ar, i); });
-        x = channel_grad_term<M>(P, gr, gw, S);
+        const scalar_t* ar = a + first * P;
+        rows_dot<false>(ar, P, static_cast<const acc_t*>(nullptr), rows, P, acc_t(1), S);
+        rows_dot<true>(ar, P, gs, rows, P, acc_t(1), gw);
+        if constexpr (M == Method::XGradCam) {
+          for (int64_t r = 0; r < rows; ++r) x[r] = gw[r] / (S[r] + acc_t(kXGradCamEps));
+        } else {
+          rows_terms<GradCamPPTerm<2>>(ar, g + first * P, P, S, rows, P, x);
+          for (int64_t r = 0; r < rows; ++r) x[r] *= -gw[r];
+        }
       }
-      for (int64_t p = 0; p < P; ++p) {
-        acc_t da, dg;
-        element_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw, S, x, da, dg);
-        if constexpr (decltype(write_a)::value) ga[c * P + p] = static_cast<scalar_t>(da);
-        if constexpr (decltype(write_g)::value) gg[c * P + p] = static_cast<scalar_t>(dg);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t c = first + r;
+        const scalar_t* ar = a + c * P;
+        const scalar_t* gr = g + c * P;
+        const acc_t wc = is_elementwise(M) ? acc_t(0) : w[c];
+        for (int64_t p = 0; p < P; ++p) {
+          acc_t da, dg;
+          element_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw[r], S[r], x[r], da, dg);
+          if constexpr (decltype(write_a)::value) ga[c * P + p] = static_cast<scalar_t>(da);
+          if constexpr (decltype(write_g)::value) gg[c * P + p] = static_cast<scalar_t>(dg);
+        }
       }
     }
   });
