@@ -117,7 +117,10 @@ def scipy_impute(image, removed):
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
-def test_linear_impute_solves_pytorch_grad_cams_system(fraction):
+@pytest.mark.parametrize("chunk_rows", [None, 4])
+def test_linear_impute_solves_pytorch_grad_cams_system(fraction, chunk_rows, monkeypatch):
+    if chunk_rows:  # 6 image channels solved in chunks of 4 and 2 rows
+        monkeypatch.setattr(metrics, "_IMPUTE_CHUNK_ELEMENTS", chunk_rows * 12 * 10)
     torch.manual_seed(1)
     images = torch.rand(3, 2, 12, 10, dtype=torch.float64)
     removed = torch.rand(3, 12, 10) < fraction

