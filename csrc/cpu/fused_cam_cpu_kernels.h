@@ -576,19 +576,29 @@ template <typename acc_t, typename F>
 }
 
 // out[i] = sum_r f(r, i) for i < n over `rows` rows, row by row along i; spans of kSpanRows rows
-// summed apart, then added (blocked, as rows_sum).
-template <typename acc_t, typename F>
+// summed apart, then added (blocked, as rows_sum). With K = 2, f(r, i) is a pair of terms and out
+// holds both sums, out[i] and out[n + i], taken in one pass over the rows.
+template <int64_t K = 1, typename acc_t, typename F>
 void sum_rows_by(int64_t rows, int64_t n, const F& f, acc_t* out) {
-  std::fill(out, out + n, acc_t(0));
-  std::vector<acc_t> span(rows > kSpanRows ? n : 0);
+  auto add = [&](int64_t r, acc_t* into) {
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (K == 1) {
+        into[i] += f(r, i);
+      } else {
+        const auto [first, second] = f(r, i);
+        into[i] += first;
+        into[n + i] += second;
+      }
+    }
+  };
+  std::fill(out, out + K * n, acc_t(0));
+  std::vector<acc_t> span(rows > kSpanRows ? K * n : 0);
   for (int64_t r0 = 0; r0 < rows; r0 += kSpanRows) {
     acc_t* into = rows > kSpanRows ? span.data() : out;
     if (rows > kSpanRows) std::fill(span.begin(), span.end(), acc_t(0));
-    for (int64_t r = r0; r < std::min(r0 + kSpanRows, rows); ++r) {
-      for (int64_t i = 0; i < n; ++i) into[i] += f(r, i);
-    }
+    for (int64_t r = r0; r < std::min(r0 + kSpanRows, rows); ++r) add(r, into);
     if (rows > kSpanRows) {
-      for (int64_t i = 0; i < n; ++i) out[i] += span[i];
+      for (int64_t i = 0; i < K * n; ++i) out[i] += span[i];
     }
   }
 }
@@ -848,11 +858,10 @@ CamForwardResult cam_forward(
         run_stages(shape, blocks, PerBlock{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
                      const scalar_t* ab = a_ptr + b * CP + p0 * C;
                      const scalar_t* gb = g_ptr + b * CP + p0 * C;
-                     sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) {
-                       return at<acc_t>(gb, r * C + c) * at<acc_t>(ab, r * C + c);
+                     sum_rows_by<2>(p1 - p0, C, [&](int64_t r, int64_t c) {  // sum_p G A, sum_p A
+                       const acc_t av = at<acc_t>(ab, r * C + c);
+                       return std::pair{at<acc_t>(gb, r * C + c) * av, av};
                      }, part(b, k));
-                     sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) { return at<acc_t>(ab, r * C + c); },
-                                 part(b, k) + C);
                    }},
                    PerSample{[&](int64_t b) {
                      acc_t* sums = part(b, 0);
@@ -936,8 +945,10 @@ void method_backward(const CamShape& shape, int64_t blocks, const ScoreGrad& sco
   const PerBlock channel_sums{[&](int64_t b, int64_t k, int64_t p0, int64_t p1) {
     const scalar_t* ab = a_ptr + b * CP + p0 * C;
     const acc_t* gs = gs_ptr + b * P + p0;
-    sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) { return gs[r] * at<acc_t>(ab, r * C + c); }, part(b, k));
-    sum_rows_by(p1 - p0, C, [&](int64_t r, int64_t c) { return at<acc_t>(ab, r * C + c); }, part(b, k) + C);
+    sum_rows_by<2>(p1 - p0, C, [&](int64_t r, int64_t c) {  // sum_p gs A, sum_p A
+      const acc_t av = at<acc_t>(ab, r * C + c);
+      return std::pair{gs[r] * av, av};
+    }, part(b, k));
   }};
   const PerSample gather{[&](int64_t b) {
     combine_blocks(part(b, 0), blocks, 2 * C, acc_t(1), stat(b, 0));  // gw, then S
