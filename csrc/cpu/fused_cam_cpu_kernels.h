@@ -552,8 +552,10 @@ void run_stages(const CamShape& shape, int64_t blocks, const Stages&... stages) 
 }
 
 // --- The other methods (cam_methods.h): the same stages, with per-element terms -------------------
-// Grad-CAM above has hand-vectorised primitives of its own; the other methods run these, written
-// for GCC to vectorise, with the same blocking (so the same accuracy) and fixed summation order.
+// The per-channel sums of NCHW rows run the hand-vectorised primitives above (rows_dot, and
+// rows_terms for the terms of XGrad-CAM and Grad-CAM++); every other loop of the other methods is
+// one of these, written for GCC to vectorise, with the same blocking (so the same accuracy) and a
+// fixed summation order.
 
 // sum_i f(i) for i < n: kLanes interleaved partial sums, span by span (blocked, as rows_dot). One
 // sum per call: GCC vectorises f inlined alone, not a pair of sums returned together.
