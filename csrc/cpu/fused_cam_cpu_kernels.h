@@ -552,8 +552,8 @@ void run_stages(const CamShape& shape, int64_t blocks, const Stages&... stages) 
 }
 
 // --- The other methods (cam_methods.h): the same stages, with per-element terms -------------------
-// The per-channel sums of NCHW rows run the hand-vectorised primitives above (rows_dot, and
-// rows_terms for the terms of XGrad-CAM and Grad-CAM++); every other loop of the other methods is
+// The per-channel sums of NCHW rows run hand-vectorised primitives (rows_dot above, and
+// rows_terms below for the terms of XGrad-CAM and Grad-CAM++); every other loop of these methods is
 // one of these, written for GCC to vectorise, with the same blocking (so the same accuracy) and a
 // fixed summation order.
 
