@@ -15,5 +15,5 @@ study() {
 }
 study simplecnn-fashion-mnist --model simple-cnn --dataset fashion-mnist --epochs 10 --batch-size 128
 study simplecnn-mnist --model simple-cnn --dataset mnist --epochs 10 --batch-size 128
-study resnet18-fashion-mnist-slice --model resnet18 --dataset fashion-mnist --epochs 3 --batch-size 128 \
-    --train-limit 4000 --test-limit 2000
+study resnet18-fashion-mnist-slice5000 --model resnet18 --dataset fashion-mnist --epochs 3 --batch-size 128 \
+    --train-limit 5000 --test-limit 2000

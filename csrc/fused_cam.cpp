@@ -47,6 +47,11 @@ TORCH_LIBRARY(batchcam, m) {
       "triton_cam_backward(Tensor grad_map, Tensor activations, Tensor gradients, Tensor weights, "
       "Tensor scores, Tensor extremes, bool relu, str normalize, float eps, str method, "
       "bool[2] output_mask) -> (Tensor?, Tensor?)");
+  // ROAD's linear imputation (python/batchcam/metrics.py, linear_impute): images (N, C, H, W) with
+  // the pixels where removed (N, H, W) is True replaced by the weighted mean of their neighbours,
+  // solved to a relative residual tol in float64. CPU only (cpu/impute_cpu_kernels.h); other devices
+  // solve in Python.
+  m.def("impute_linear(Tensor images, Tensor removed, float tol, int max_iterations) -> Tensor");
   // Which CPU kernels run: "avx2" or "baseline" (chosen at run time, see cpu/fused_cam_cpu.h).
   m.def("cpu_capability() -> str", &batchcam::cpu_capability);
 }

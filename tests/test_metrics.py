@@ -116,22 +116,69 @@ def scipy_impute(image, removed):
     return out
 
 
+# linear_impute's two solvers: the C++ op on CPU, the tensor operations elsewhere (here on CPU,
+# 6 image channels at once or in chunks of 4 and 2).
+SOLVERS = ["op", "convolutions", "convolutions in chunks"]
+
+
+def impute(solver, images, removed, monkeypatch):
+    if solver == "op":
+        return metrics.linear_impute(images, removed, tol=1e-12)
+    if solver == "convolutions in chunks":
+        monkeypatch.setattr(metrics, "_IMPUTE_CHUNK_ELEMENTS", 4 * images[0, 0].numel())
+    return metrics._impute_by_convolutions(images, removed, 1e-12, 500)
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
-@pytest.mark.parametrize("chunk_rows", [None, 4])
-def test_linear_impute_solves_pytorch_grad_cams_system(fraction, chunk_rows, monkeypatch):
-    if chunk_rows:  # 6 image channels solved in chunks of 4 and 2 rows
-        monkeypatch.setattr(metrics, "_IMPUTE_CHUNK_ELEMENTS", chunk_rows * 12 * 10)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_linear_impute_solves_pytorch_grad_cams_system(fraction, solver, monkeypatch):
     torch.manual_seed(1)
     images = torch.rand(3, 2, 12, 10, dtype=torch.float64)
     removed = torch.rand(3, 12, 10) < fraction
     removed[0, :6, :5] = True  # a large hole touching the border
-    filled = metrics.linear_impute(images, removed, tol=1e-12)
+    removed[1, -1, -1] = True  # a corner
+    filled = impute(solver, images, removed, monkeypatch)
     for n in range(3):
         expected = scipy_impute(images[n].numpy(), removed[n].numpy())
         np.testing.assert_allclose(filled[n].numpy(), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 1, 9), (2, 1, 17, 1), (1, 3, 33, 29)])
+def test_linear_impute_in_float32_and_channels_last(shape):
+    torch.manual_seed(2)
+    images = torch.rand(shape).to(memory_format=torch.channels_last)
+    removed = torch.rand(shape[0], *shape[2:]) < 0.6
+    removed[0, 0, 0], removed[0, -1, -1] = True, False
+    filled = metrics.linear_impute(images, removed)
+    assert filled.dtype == torch.float32
+    for n in range(shape[0]):
+        expected = scipy_impute(images[n].double().numpy(), removed[n].numpy())
+        np.testing.assert_allclose(filled[n].numpy(), expected, atol=1e-6)
+
+
+def test_linear_impute_noise_and_kept_pixels():
+    torch.manual_seed(3)
+    images = torch.rand(2, 3, 9, 8)
+    removed = torch.rand(2, 9, 8) < 0.5
+    kept = ~removed[:, None].expand_as(images)
+    filled = metrics.linear_impute(images, removed)
     noisy = metrics.linear_impute(images, removed, noise=0.5, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(noisy[~removed[:, None].expand_as(images)], images[~removed[:, None].expand_as(images)])
+    assert torch.equal(filled[kept], images[kept]) and torch.equal(noisy[kept], images[kept])
     assert not torch.allclose(noisy, filled)
+    nothing = metrics.linear_impute(images, torch.zeros(2, 9, 8, dtype=torch.bool))
+    assert torch.equal(nothing, images)
+    everything = metrics.linear_impute(images, torch.ones(2, 9, 8, dtype=torch.bool))  # singular: zeros
+    assert torch.equal(everything, torch.zeros_like(images))
+
+
+def test_impute_linear_op():
+    torch.manual_seed(4)
+    images, removed = torch.rand(2, 3, 7, 6, dtype=torch.float64), torch.rand(2, 7, 6) < 0.5
+    torch.library.opcheck(torch.ops.batchcam.impute_linear.default, (images, removed, 1e-10, 200))
+    with pytest.raises(RuntimeError, match=r"removed must be \(N, H, W\) = \(2, 7, 6\)"):
+        torch.ops.batchcam.impute_linear(images, removed[:, :6], 1e-10, 200)
+    with pytest.raises(RuntimeError, match="images must be float32 or float64"):
+        torch.ops.batchcam.impute_linear(images.half(), removed, 1e-10, 200)
 
 
 @pytest.mark.parametrize("order", ["morf", "lerf", "combined"])

@@ -1,5 +1,6 @@
-// The CPU dispatch of batchcam::cam_forward and batchcam::cam_backward: the kernels of the best
-// capability this CPU has, chosen once (see cpu_capability in fused_cam_cpu.h).
+// The CPU dispatch of batchcam::cam_forward, batchcam::cam_backward and batchcam::impute_linear:
+// the kernels of the best capability this CPU has, chosen once (see cpu_capability in
+// fused_cam_cpu.h).
 #include "fused_cam_cpu.h"
 
 #include <cstdlib>
@@ -47,6 +48,22 @@ CamBackwardResult cam_backward_cpu(const at::Tensor& grad_map, const at::Tensor&
                 output_mask);
 }
 
+at::Tensor impute_linear_cpu(const at::Tensor& images, const at::Tensor& removed, double tol,
+                             int64_t max_iterations) {
+  TORCH_CHECK(images.dim() == 4, "impute_linear: images must be (N, C, H, W), got ", images.sizes());
+  TORCH_CHECK(removed.dim() == 3 && removed.size(0) == images.size(0) && removed.size(1) == images.size(2) &&
+                  removed.size(2) == images.size(3),
+              "impute_linear: removed must be (N, H, W) = (", images.size(0), ", ", images.size(2), ", ",
+              images.size(3), "), got ", removed.sizes());
+  TORCH_CHECK(removed.scalar_type() == at::kBool, "impute_linear: removed must be bool, got ", removed.scalar_type());
+  TORCH_CHECK(images.scalar_type() == at::kFloat || images.scalar_type() == at::kDouble,
+              "impute_linear: images must be float32 or float64, got ", images.scalar_type());
+  TORCH_CHECK(tol >= 0 && max_iterations >= 0, "impute_linear: tol and max_iterations must be >= 0, got ", tol,
+              " and ", max_iterations);
+  auto kernel = use_avx2() ? avx2::impute_linear : baseline::impute_linear;
+  return kernel(images, removed, tol, max_iterations);
+}
+
 }  // namespace
 
 std::string cpu_capability() {
@@ -56,6 +73,7 @@ std::string cpu_capability() {
 TORCH_LIBRARY_IMPL(batchcam, CPU, m) {
   m.impl("cam_forward", &cam_forward_cpu);
   m.impl("cam_backward", &cam_backward_cpu);
+  m.impl("impute_linear", &impute_linear_cpu);
 }
 
 }  // namespace batchcam

@@ -1,4 +1,5 @@
-// The CPU kernels' entry points, one set per CPU capability (see fused_cam_cpu_kernels.h), and
+// The CPU kernels' entry points, one set per CPU capability (see fused_cam_cpu_kernels.h and
+// impute_cpu_kernels.h), and
 // every header they use: a capability's translation unit includes this file before it turns on
 // its instruction set, so that code from headers is compiled for the baseline in every unit.
 #pragma once
@@ -38,6 +39,8 @@ namespace batchcam {
                                  const at::Tensor& scores, const at::Tensor& extremes, bool relu,          \
                                  c10::string_view normalize, double eps, c10::string_view method,          \
                                  c10::string_view gpu_kernel, std::array<bool, 2> output_mask);            \
+  at::Tensor impute_linear(const at::Tensor& images, const at::Tensor& removed, double tol,                  \
+                           int64_t max_iterations);                                                          \
   }
 BATCHCAM_DECLARE_CPU_KERNELS(baseline)
 BATCHCAM_DECLARE_CPU_KERNELS(avx2)

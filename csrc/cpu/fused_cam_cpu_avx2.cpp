@@ -12,3 +12,4 @@
 #define BATCHCAM_CPU_AVX2 0
 #endif
 #include "fused_cam_cpu_kernels.h"
+#include "impute_cpu_kernels.h"

@@ -2,3 +2,4 @@
 #define BATCHCAM_CPU_CAPABILITY baseline
 #define BATCHCAM_CPU_AVX2 0
 #include "fused_cam_cpu_kernels.h"
+#include "impute_cpu_kernels.h"

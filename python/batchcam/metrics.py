@@ -170,35 +170,49 @@ def _neighbour_sum(v, kernel):
     return F.conv2d(v, kernel, padding=1)
 
 
-# Rows (image channels) solved together by linear_impute: few enough that the solver's vectors stay
-# in cache (about 0.5 MB each in float32), and each chunk stops at its own convergence.
-_IMPUTE_CHUNK_ELEMENTS = 2 ** 17
-
-
 def linear_impute(images, removed, noise=0.0, tol=None, max_iterations=None, generator=None):
     """Images (N, C, H, W) with the pixels where `removed` (N, H, W) is True replaced by the solution
     of sum_j w_ij (v_i - x_j) = 0 over the neighbours j of every removed pixel i (pytorch-grad-cam's
     NoisyLinearImputer, scipy's spsolve there), then `noise` * N(0, 1) added to them. Solved by
-    conjugate gradients on the symmetric positive definite system, a chunk of image channels at a
-    time (_IMPUTE_CHUNK_ELEMENTS pixels: about 3x faster on CPU than every channel at once, as the
-    vectors stay in cache and a chunk of small holes stops early), in the images' precision (at
-    least float32), to a relative residual of `tol` (default 1e-6 in float32, 1e-10 in float64)."""
+    conjugate gradients on the symmetric positive definite system, to a relative residual of `tol`:
+    on CPU by the C++ op batchcam::impute_linear (one system per image channel, in float64; default
+    tol 1e-10 for float64 images, 1e-8 for others), elsewhere by _impute_by_convolutions (in the
+    images' precision, at least float32; default tol 1e-6 in float32, 1e-10 in float64). A channel
+    whose every pixel is removed has no solution (scipy: a singular matrix) and comes out zero."""
     n, c, h, w = images.shape
     x = images.to(torch.promote_types(images.dtype, torch.float32))
+    max_iterations = max_iterations or 4 * (h + w) + 100
+    if x.device.type == "cpu":
+        tol = tol if tol is not None else 1e-10 if x.dtype == torch.float64 else 1e-8
+        filled = torch.ops.batchcam.impute_linear(x, removed.bool(), tol, max_iterations)
+    else:
+        filled = _impute_by_convolutions(x, removed, tol, max_iterations)
+    if noise:
+        unknown = removed[:, None].to(x.dtype)
+        filled = filled + noise * unknown * torch.randn(filled.shape, dtype=x.dtype, device=x.device,
+                                                        generator=generator)
+    return filled.to(images.dtype)
+
+
+# Rows (image channels) solved together by _impute_by_convolutions: few enough that the solver's
+# vectors stay in cache (about 0.5 MB each in float32), and each chunk stops at its own convergence.
+_IMPUTE_CHUNK_ELEMENTS = 2 ** 17
+
+
+def _impute_by_convolutions(x, removed, tol, max_iterations):
+    """linear_impute's solve in tensor operations, for any device: conjugate gradients with 3x3
+    convolutions as the operator, a chunk of image channels at a time (_IMPUTE_CHUNK_ELEMENTS
+    pixels: the vectors stay in cache and a chunk of small holes stops early)."""
+    n, c, h, w = x.shape
     tol = tol if tol is not None else 1e-6 if x.dtype == torch.float32 else 1e-10
     unknown = removed.to(x.dtype).unsqueeze(1).expand(n, c, h, w).reshape(n * c, 1, h, w)
     values = x.reshape(n * c, 1, h, w) * (1 - unknown)
     kernel = _NEIGHBOURS.to(x)[None, None]
     degree = F.conv2d(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), kernel, padding=1)  # border weights
     rows = max(1, _IMPUTE_CHUNK_ELEMENTS // (h * w))
-    solved = torch.cat([_solve_unknowns(values[i:i + rows], unknown[i:i + rows], degree, kernel, tol,
-                                        max_iterations or 4 * (h + w) + 100)
+    solved = torch.cat([_solve_unknowns(values[i:i + rows], unknown[i:i + rows], degree, kernel, tol, max_iterations)
                         for i in range(0, n * c, rows)])
-    filled = values + unknown * solved
-    if noise:
-        filled = filled + noise * unknown * torch.randn(filled.shape, dtype=x.dtype, device=x.device,
-                                                        generator=generator)
-    return filled.view(n, c, h, w).to(images.dtype)
+    return (values + unknown * solved).view(n, c, h, w)
 
 
 def _solve_unknowns(values, unknown, degree, kernel, tol, max_iterations):

@@ -105,6 +105,11 @@ def _cam_backward_fake(grad_map, activations, gradients, weights, scores, extrem
     return grad_a, grad_g
 
 
+@torch.library.register_fake("batchcam::impute_linear")
+def _impute_linear_fake(images, removed, tol, max_iterations):
+    return images.new_empty(images.shape)  # contiguous, whatever the images' layout
+
+
 # --- CUDA ---------------------------------------------------------------------------------------
 # The Triton kernels, as the ops triton_cam_forward / triton_cam_backward. Where the extension was
 # built with its C++/CUDA kernels, the CUDA implementation of cam_forward / cam_backward is C++ and
