@@ -32,16 +32,17 @@ def test_the_best_kernels_this_cpu_has_run():
 
 def test_baseline_kernels_match_reference():
     """The op tests of the CPU kernels (every dtype, layout and shape class, ties, NaN, gradcheck,
-    opcheck) with the baseline kernels forced by BATCHCAM_CPU_CAPABILITY."""
+    opcheck) and of the imputation with the baseline kernels forced by BATCHCAM_CPU_CAPABILITY."""
     env = {**os.environ, "BATCHCAM_CPU_CAPABILITY": "baseline"}
     probe = subprocess.run([sys.executable, "-c", "import torch, batchcam; print(torch.ops.batchcam.cpu_capability())"],
                            env=env, capture_output=True, text=True)
     assert probe.stdout.strip() == "baseline", probe.stderr[-2000:]
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not triton",
-                            *(os.path.join(ROOT, "tests", name) for name in ("test_fused_cam.py", "test_kernels.py"))],
-                           env=env, capture_output=True, text=True, cwd=ROOT)
-    assert tests.returncode == 0, tests.stdout[-4000:]
-    assert re.search(r"\d+ passed", tests.stdout)
+    for selection, files in (("not triton", ("test_fused_cam.py", "test_kernels.py")), ("impute", ("test_metrics.py",))):
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+                                *(os.path.join(ROOT, "tests", name) for name in files)],
+                               env=env, capture_output=True, text=True, cwd=ROOT)
+        assert tests.returncode == 0, tests.stdout[-4000:]
+        assert re.search(r"\d+ passed", tests.stdout)
 
 
 def test_unknown_capability_is_refused():
