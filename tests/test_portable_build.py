@@ -37,7 +37,8 @@ def test_baseline_kernels_match_reference():
     probe = subprocess.run([sys.executable, "-c", "import torch, batchcam; print(torch.ops.batchcam.cpu_capability())"],
                            env=env, capture_output=True, text=True)
     assert probe.stdout.strip() == "baseline", probe.stderr[-2000:]
-    for selection, files in (("not triton", ("test_fused_cam.py", "test_kernels.py")), ("impute", ("test_metrics.py",))):
+    runs = (("not triton", ("test_fused_cam.py", "test_kernels.py")), ("impute", ("test_metrics.py",)))
+    for selection, files in runs:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
                                 *(os.path.join(ROOT, "tests", name) for name in files)],
                                env=env, capture_output=True, text=True, cwd=ROOT)

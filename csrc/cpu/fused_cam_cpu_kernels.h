@@ -710,6 +710,21 @@ template <Method M, typename acc_t>
   }
 }
 
+// gA and gG (each if WriteA, WriteG) of one channel row of an NCHW sample, given gs and the
+// channel's w, gw, S, x. Apart, with restrict pointers: GCC vectorises the loop only if it can tell
+// the outputs from the inputs, which it checks at run time for a few pointers only.
+template <Method M, bool WriteA, bool WriteG, typename scalar_t, typename acc_t>
+void channel_row_grads(int64_t P, const scalar_t* __restrict__ a, const scalar_t* __restrict__ g,
+                       const acc_t* __restrict__ gs, acc_t w, acc_t gw, acc_t S, acc_t x, scalar_t* __restrict__ ga,
+                       scalar_t* __restrict__ gg) {
+  for (int64_t p = 0; p < P; ++p) {
+    acc_t da, dg;
+    element_grads<M>(at<acc_t>(a, p), at<acc_t>(g, p), gs[p], w, gw, S, x, da, dg);
+    if constexpr (WriteA) ga[p] = static_cast<scalar_t>(da);
+    if constexpr (WriteG) gg[p] = static_cast<scalar_t>(dg);
+  }
+}
+
 // Backward of channel block [c0, c1) of an NCHW sample, gA and gG each only if wanted: element-wise
 // methods gA = gs dh/da, gG = gs dh/dg; weight-based ones as weight_method_grads.
 template <Method M, typename scalar_t, typename acc_t>
@@ -733,41 +748,48 @@ void method_backward_channels(int64_t P, const scalar_t* a, const scalar_t* g, c
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t c = first + r;
-        const scalar_t* ar = a + c * P;
-        const scalar_t* gr = g + c * P;
-        const acc_t wc = is_elementwise(M) ? acc_t(0) : w[c];
-        for (int64_t p = 0; p < P; ++p) {
-          acc_t da, dg;
-          element_grads<M>(at<acc_t>(ar, p), at<acc_t>(gr, p), gs[p], wc, gw[r], S[r], x[r], da, dg);
-          if constexpr (decltype(write_a)::value) ga[c * P + p] = static_cast<scalar_t>(da);
-          if constexpr (decltype(write_g)::value) gg[c * P + p] = static_cast<scalar_t>(dg);
-        }
+        const int64_t c = first + r, at_c = c * P;
+        channel_row_grads<M, decltype(write_a)::value, decltype(write_g)::value>(
+            P, a + at_c, g + at_c, gs, is_elementwise(M) ? acc_t(0) : w[c], gw[r], S[r], x[r],
+            ga ? ga + at_c : ga, gg ? gg + at_c : gg);
       }
     }
   });
 }
 
-// Backward of position block [p0, p1) of a channels-last sample, given each channel's w, gw, S, x
-// (weight-based methods): its rows of gA and gG, each only if wanted.
+// gA and gG (each if WriteA, WriteG) of `rows` positions of a channels-last sample, given each
+// channel's w, gw, S, x (weight-based methods). Apart, with restrict pointers: GCC vectorises the
+// loop over channels only if it can tell the outputs from the inputs, which it checks at run time
+// for a few pointers only.
+template <Method M, bool WriteA, bool WriteG, typename scalar_t, typename acc_t>
+void position_rows_grads(int64_t C, int64_t rows, const scalar_t* __restrict__ a, const scalar_t* __restrict__ g,
+                         const acc_t* __restrict__ w, const acc_t* __restrict__ gw, const acc_t* __restrict__ S,
+                         const acc_t* __restrict__ x, const acc_t* __restrict__ gs, scalar_t* __restrict__ ga,
+                         scalar_t* __restrict__ gg) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = r * C + c;
+      acc_t da, dg;
+      if constexpr (is_elementwise(M)) {  // no per-channel values
+        element_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[r], acc_t(0), acc_t(0), acc_t(0), acc_t(0), da, dg);
+      } else {
+        element_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[r], w[c], gw[c], S[c], x[c], da, dg);
+      }
+      if constexpr (WriteA) ga[i] = static_cast<scalar_t>(da);
+      if constexpr (WriteG) gg[i] = static_cast<scalar_t>(dg);
+    }
+  }
+}
+
+// Backward of position block [p0, p1) of a channels-last sample (position_rows_grads).
 template <Method M, typename scalar_t, typename acc_t>
 void method_backward_positions(int64_t C, const scalar_t* a, const scalar_t* g, const acc_t* w, const acc_t* gw,
                                const acc_t* S, const acc_t* x, const acc_t* gs, int64_t p0, int64_t p1,
                                scalar_t* ga, scalar_t* gg) {
   with_outputs(ga, gg, [&](auto write_a, auto write_g) {
-    for (int64_t p = p0; p < p1; ++p) {
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i = p * C + c;
-        acc_t da, dg;
-        if constexpr (is_elementwise(M)) {  // no per-channel values
-          element_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], acc_t(0), acc_t(0), acc_t(0), acc_t(0), da, dg);
-        } else {
-          element_grads<M>(at<acc_t>(a, i), at<acc_t>(g, i), gs[p], w[c], gw[c], S[c], x[c], da, dg);
-        }
-        if constexpr (decltype(write_a)::value) ga[i] = static_cast<scalar_t>(da);
-        if constexpr (decltype(write_g)::value) gg[i] = static_cast<scalar_t>(dg);
-      }
-    }
+    const int64_t first = p0 * C;
+    position_rows_grads<M, decltype(write_a)::value, decltype(write_g)::value>(
+        C, p1 - p0, a + first, g + first, w, gw, S, x, gs + p0, ga ? ga + first : ga, gg ? gg + first : gg);
   });
 }
 
