@@ -51,6 +51,13 @@ BATCHCAM_HOST_DEVICE void elementwise_partials(T a, T g, T& da, T& dg) {
   }
 }
 
+// XGrad-CAM's weight sum_p G A / (S + 1e-7) from its numerator sum_p G A and S = sum_p A; in the
+// backward the same quotient of gw = sum_p gs A gives x (fused_cam_cpu_kernels.h).
+template <typename T>
+BATCHCAM_HOST_DEVICE T xgradcam_weight(T num, T S) {
+  return num / (S + T(kXGradCamEps));
+}
+
 // Grad-CAM++'s t(g, S) = g^3 / D, D = 2 g^2 + S g^3 + 1e-6, for g > 0 (NaN for NaN, else 0).
 template <typename T>
 BATCHCAM_HOST_DEVICE T gradcampp_term(T g, T S) {

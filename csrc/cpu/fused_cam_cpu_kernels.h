@@ -644,7 +644,7 @@ void weight_rows(int64_t n, const scalar_t* a, const scalar_t* g, int64_t rows, 
   rows_dot<false>(a, n, static_cast<const acc_t*>(nullptr), rows, n, acc_t(1), S);
   if constexpr (M == Method::XGradCam) {
     rows_terms<ProductTerm>(a, g, n, static_cast<const acc_t*>(nullptr), rows, n, w);
-    for (int64_t r = 0; r < rows; ++r) w[r] /= S[r] + acc_t(kXGradCamEps);
+    for (int64_t r = 0; r < rows; ++r) w[r] = xgradcam_weight(w[r], S[r]);
   } else {
     rows_terms<GradCamPPTerm<1>>(a, g, n, S, rows, n, w);
   }
@@ -741,7 +741,7 @@ void method_backward_channels(int64_t P, const scalar_t* a, const scalar_t* g, c
         rows_dot<false>(ar, P, static_cast<const acc_t*>(nullptr), rows, P, acc_t(1), S);
         rows_dot<true>(ar, P, gs, rows, P, acc_t(1), gw);
         if constexpr (M == Method::XGradCam) {
-          for (int64_t r = 0; r < rows; ++r) x[r] = gw[r] / (S[r] + acc_t(kXGradCamEps));
+          for (int64_t r = 0; r < rows; ++r) x[r] = xgradcam_weight(gw[r], S[r]);
         } else {
           rows_terms<GradCamPPTerm<2>>(ar, g + first * P, P, S, rows, P, x);
           for (int64_t r = 0; r < rows; ++r) x[r] *= -gw[r];
@@ -890,7 +890,7 @@ CamForwardResult cam_forward(
                    PerSample{[&](int64_t b) {
                      acc_t* sums = part(b, 0);
                      combine_blocks(sums, blocks, 2 * C, acc_t(1), sums);
-                     for (int64_t c = 0; c < C; ++c) w_ptr[b * C + c] = sums[c] / (sums[C + c] + acc_t(kXGradCamEps));
+                     for (int64_t c = 0; c < C; ++c) w_ptr[b * C + c] = xgradcam_weight(sums[c], sums[C + c]);
                    }},
                    scores_by_rows, finish);
       } else {  // Grad-CAM++: S = sum_p A first, then w = sum_p t(G, S)
@@ -977,7 +977,7 @@ void method_backward(const CamShape& shape, int64_t blocks, const ScoreGrad& sco
   const PerSample gather{[&](int64_t b) {
     combine_blocks(part(b, 0), blocks, 2 * C, acc_t(1), stat(b, 0));  // gw, then S
     for (int64_t c = 0; c < C && M == Method::XGradCam; ++c) {
-      stat(b, 2)[c] = stat(b, 0)[c] / (stat(b, 1)[c] + acc_t(kXGradCamEps));
+      stat(b, 2)[c] = xgradcam_weight(stat(b, 0)[c], stat(b, 1)[c]);
     }
   }};
   if constexpr (M == Method::XGradCam) {

@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(kThreads) forward_partial_kernel(const T* a, c
                            [&](int64_t c, acc_t total) { wb[c] = total; }, smem);
     if constexpr (M == Method::XGradCam) {
       reduce_channels<acc_t>(pr, c0, c1, [&](int64_t c, int64_t p) { return at(gb, c, p) * at(ab, c, p); },
-                             [&](int64_t c, acc_t total) { wb[c] = total / (wb[c] + acc_t(kXGradCamEps)); }, smem);
+                             [&](int64_t c, acc_t total) { wb[c] = xgradcam_weight(total, wb[c]); }, smem);
     } else {
       reduce_channels<acc_t>(pr, c0, c1, [&](int64_t c, int64_t p) { return gradcampp_term(at(gb, c, p), wb[c]); },
                              [&](int64_t c, acc_t total) { wb[c] = total; }, smem);
@@ -362,7 +362,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const T* a, const T*
     reduce_channels<acc_t>(pr, c0, c1, [&](int64_t c, int64_t p) { return at(ab, c, p) * gsb[p]; },
                            [&](int64_t c, acc_t total) {
                              gw[c] = total;
-                             if (M == Method::XGradCam) x[c] = total / (S[c] + acc_t(kXGradCamEps));
+                             if (M == Method::XGradCam) x[c] = xgradcam_weight(total, S[c]);
                            }, smem);
     if constexpr (M == Method::GradCamPP) {
       reduce_channels<acc_t>(pr, c0, c1, [&](int64_t c, int64_t p) {
