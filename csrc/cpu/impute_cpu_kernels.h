@@ -137,9 +137,16 @@ at::Tensor impute_linear(const at::Tensor& images, const at::Tensor& removed, do
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     const bool* gone = mask.const_data_ptr<bool>();
     scalar_t* filled = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    // Tasks visit the systems in a scattered order (task * stride mod N C, the stride coprime to
+    // N C): each thread's contiguous share of tasks then mixes large holes and small ones, which
+    // callers tend to group (ROAD: percentile by percentile).
+    const int64_t systems = N * C;
+    int64_t stride = std::max<int64_t>(1, systems * 5 / 8);
+    while (std::gcd(stride, systems) != 1) ++stride;
+    at::parallel_for(0, systems, 1, [&](int64_t begin, int64_t end) {
       Workspace ws((H + 2) * width);
-      for (int64_t system = begin; system < end; ++system) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t system = task * stride % systems;
         solve_channel(in + system * H * W, gone + (system / C) * H * W, H, W, degree, tol, max_iterations, ws,
                       filled + system * H * W);
       }

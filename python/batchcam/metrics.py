@@ -262,9 +262,11 @@ def road(model, images, maps, targets=None, *, order="combined", percentiles=ROA
     batch, pixels = images.shape[0], images.shape[2:]
 
     def change(ranked):  # mean over the percentiles of score(imputed) - score(image), (B,)
-        ranked = ranked.double().flatten(1)
-        thresholds = torch.quantile(ranked, q, dim=1)  # (P, B): numpy.percentile's linear interpolation
-        removed = ranked[None] >= thresholds[..., None]  # (P, B, H*W): pytorch-grad-cam keeps map < threshold
+        ranked = ranked.flatten(1)
+        # (P, B): numpy.percentile's linear interpolation, in float64 rounded to the maps' dtype as
+        # numpy's is; compared in that dtype (pytorch-grad-cam keeps map < threshold)
+        thresholds = torch.quantile(ranked.double(), q, dim=1).to(ranked.dtype)
+        removed = ranked[None] >= thresholds[..., None]  # (P, B, H*W)
         imputed = linear_impute(images.repeat(len(q), 1, 1, 1), removed.reshape(-1, *pixels), noise,
                                 generator=generator)
         after = target_scores(model, imputed, targets.repeat(len(q)), score, output, batch_size).view(len(q), batch)
