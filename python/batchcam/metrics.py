@@ -62,14 +62,11 @@ def _scores_before_after(model, images, maps, targets, score, output, batch_size
     """Scores of the images (no gradient) and of images * maps (a graph only for maps that require
     grad), for the targets or the predicted classes."""
     targets = _targets(model, images, targets, output)
-    masked = images * maps.unsqueeze(1).to(images.dtype)
-    if not (torch.is_grad_enabled() and maps.requires_grad):  # both in one forward (of 2B images)
-        with torch.no_grad():
-            return target_scores(model, torch.cat([images, masked]), targets.repeat(2), score, output,
-                                 batch_size).chunk(2)
     with torch.no_grad():
         before = target_scores(model, images, targets, score, output, batch_size)
-    return before, target_scores(model, masked, targets, score, output, batch_size)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and maps.requires_grad):
+        masked = images * maps.unsqueeze(1).to(images.dtype)
+        return before, target_scores(model, masked, targets, score, output, batch_size)
 
 
 def confidence_change(model, images, maps, targets=None, *, score="probability", output=None, batch_size=None):
