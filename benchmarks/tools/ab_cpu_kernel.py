@@ -24,6 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common, bench_op
 from common import git, machine, make, source_at, write_result  # noqa: E402
 
+from batchcam.definitions import METHODS  # noqa: E402
+
 # setup.py's cxx_flags for a release build (keep the two alike).
 CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math", "-DPy_LIMITED_API=0x030A0000"]
 # (B, C, H, W, channels_last): the CPU shapes of bench_op.py, plus channels-last at small batches.
@@ -62,12 +64,14 @@ def build(label, commit, workdir, extra_flags=()):
     return getattr(torch.ops, namespace)
 
 
-def kernels(ops, a, g, gy):
+def kernels(ops, a, g, gy, method):
     """The forward and backward kernel calls of one build, on fixed inputs."""
     if "method" in str(ops.cam_forward.default._schema):  # builds from the method family on
-        options, saved = (True, "minmax", 1e-7, "gradcam", "fused"), (a, g)
-    else:
+        options, saved = (True, "minmax", 1e-7, method, "fused"), (a, g)
+    elif method == "gradcam":
         options, saved = (True, "minmax", 1e-7, "fused"), (a,)
+    else:
+        raise SystemExit(f"ab_cpu_kernel: the base build has Grad-CAM only, not {method!r}")
     _, w, s, ext = ops.cam_forward(a, g, *options)
     return {"fwd": lambda: ops.cam_forward(a, g, *options),
             "bwd": lambda: ops.cam_backward(gy, *saved, w, s, ext, *options, [True, True])}
@@ -93,6 +97,7 @@ def main():
     parser.add_argument("--base-flags", default="", help="compiler flags for the base build only (e.g. -march=native)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--method", default="gradcam", choices=METHODS, help="the CAM method (default: gradcam)")
     parser.add_argument("--shape", action="append", help="B,C,H,W[,nhwc] (repeatable; default: SHAPES)")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="also write the result files here")
     args = parser.parse_args()
@@ -111,7 +116,9 @@ def main():
     rows = []
     for B, C, H, W, channels_last in shapes:
         a, g, gy = make((B, C, H, W, dtype, channels_last), torch.device("cpu"))
-        calls = {(label, name): fn for label, ops in builds.items() for name, fn in kernels(ops, a, g, gy).items()}
+        a = a.abs()  # as after a ReLU (xgradcam and gradcampp divide by a channel's sum of A), as bench_op
+        calls = {(label, name): fn for label, ops in builds.items()
+                 for name, fn in kernels(ops, a, g, gy, args.method).items()}
         base_map, this_map = calls["base", "fwd"]()[0], calls["this", "fwd"]()[0]
         torch.testing.assert_close(this_map.double(), base_map.double(), rtol=1e-2, atol=1e-3, equal_nan=True)
         best = fastest(calls, runs=max(1, int(2e6 / a.numel())))
@@ -123,6 +130,7 @@ def main():
         print(" | ".join(row), flush=True)
     info = machine(torch.device("cpu"))
     notes = {"base": base_commit, "base_flags": args.base_flags, "threads": args.threads, "dtype": args.dtype,
+             "cam_method": args.method, "inputs": "activations |randn|, gradients randn",
              "method": "kernels called directly; fastest of 25 rounds, the two builds in turn"}
     table, paths = write_result("ab_cpu_kernel", info, header, rows, notes, args.out)
     print("\n" + table + "\nwritten: " + ", ".join(paths))
