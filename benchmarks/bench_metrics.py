@@ -8,13 +8,17 @@ same model, images, maps and target classes (batch 64).
   batched conjugate-gradient solve here);
 - deletion and insertion AUC (16 steps): a straightforward per-sample loop (one image and one
   step per forward), as pytorch-grad-cam has none.
-The values are compared first (max |difference| per metric, goal 1e-5), then timed round-robin.
+The values are compared first (max |difference| per metric, goal 1e-5), then timed round-robin;
+besides the ratio of the medians, the quartiles of the rounds' own ratios (each round times both
+on the same machine state) say how far the machine's noise reaches.
 
 Run it where pytorch-grad-cam is installed (see bench_explain.py), e.g.
     /opt/bcbench/bin/python benchmarks/bench_metrics.py --rounds 3
+    /opt/bcbench/bin/python benchmarks/bench_metrics.py --metric "confidence change" --rounds 40
 """
 import argparse
 import os
+import statistics
 import sys
 
 import numpy as np
@@ -28,6 +32,7 @@ from common import machine, measure_interleaved, write_result  # noqa: E402
 
 GOAL = 1e-5
 STEPS = 16
+METRICS = ("confidence change", "ROAD combined", "deletion AUC", "insertion AUC")
 
 
 def cases(batch):
@@ -92,9 +97,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds")
+    parser.add_argument("--metric", action="append", choices=METRICS,
+                        help="time this metric only (repeatable; default: every metric)")
     parser.add_argument("--out", default=None, help="also write the result record here")
     args = parser.parse_args()
-    header = ["case", "metric", "other", "max |diff|", "batchcam ms", "other ms", "other / batchcam"]
+    header = ["case", "metric", "other", "max |diff|", "batchcam ms", "other ms", "other / batchcam",
+              "rounds' other / batchcam, quartiles"]
     rows, failures = [], []
     for name, model, images, layer in cases(args.batch):
         maps, logits = batchcam.explain(model, layer, images, return_logits=True)
@@ -104,16 +112,24 @@ def main():
         others["deletion AUC"] = ("per-sample loop", lambda: loop_curve(model, images, maps, targets, False))
         others["insertion AUC"] = ("per-sample loop", lambda: loop_curve(model, images, maps, targets, True))
         for metric, fn in mine.items():
+            if args.metric and metric not in args.metric:
+                continue
             other, other_fn = others[metric]
             diff = float(np.abs(fn() - np.asarray(other_fn(), dtype=np.float64)).max())
             if not diff <= GOAL:
                 failures.append(f"{name} {metric}: {diff:.2e}")
-            times = measure_interleaved({"ours": fn, "other": other_fn}, "cpu", rounds=args.rounds, warmup=1)
+            samples = {}
+            times = measure_interleaved({"ours": fn, "other": other_fn}, "cpu", rounds=args.rounds, warmup=1,
+                                        samples=samples)
+            ratios = [o / m for o, m in zip(samples["other"], samples["ours"])]
+            low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
             rows.append([name, metric, other, f"{diff:.1e}", f"{times['ours'] * 1e3:.1f}",
-                         f"{times['other'] * 1e3:.1f}", f"{times['other'] / times['ours']:.2f}"])
+                         f"{times['other'] * 1e3:.1f}", f"{times['other'] / times['ours']:.2f}",
+                         f"{low:.2f}-{high:.2f}"])
             print(" | ".join(rows[-1]), flush=True)
     table, paths = write_result("bench_metrics", machine(torch.device("cpu")), header, rows,
-                                {"batch": args.batch, "steps": STEPS, "goal": GOAL, "failures": failures},
+                                {"batch": args.batch, "steps": STEPS, "goal": GOAL, "failures": failures,
+                                 "rounds": args.rounds, "metrics": args.metric or list(METRICS)},
                                 out_dir=args.out)
     print(f"\n{table}\n\nwritten: {', '.join(paths)}")
     if failures:

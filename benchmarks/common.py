@@ -143,10 +143,11 @@ def _l2_flush_buffer():
     return torch.zeros(64 << 20, dtype=torch.float32, device="cuda")
 
 
-def measure_interleaved(fns, device, rounds=10, warmup=2, budget_s=0.5):
+def measure_interleaved(fns, device, rounds=10, warmup=2, budget_s=0.5, samples=None):
     """{name: median seconds} of several functions. On CPU they run round-robin, one call each
     per round, so that the machine's drift (frequency, other tenants) spreads over all of them
-    rather than favouring whichever ran first; on CUDA each is measured by `measure`."""
+    rather than favouring whichever ran first (`samples`, a dict, receives every round's seconds
+    per name); on CUDA each is measured by `measure`."""
     if torch.device(device).type == "cuda":
         return {name: measure(fn, device, budget_s=budget_s) for name, fn in fns.items()}
     for _ in range(warmup):
@@ -158,6 +159,8 @@ def measure_interleaved(fns, device, rounds=10, warmup=2, budget_s=0.5):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    if samples is not None:
+        samples.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
