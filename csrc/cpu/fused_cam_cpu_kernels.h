@@ -241,21 +241,18 @@ void rows_terms_8(const scalar_t* a, const scalar_t* g, int64_t stride, const fl
   store_row_sums_8(sum, 1.f, out);
 }
 
-// rows_sum_and_dot for 4 rows of float, Half or BFloat16 (n <= kSpan): each row's two sums in the
-// lanes and order of rows_dot_8 (the dot with a shared y by FMA, as rows_dot_8; with one y row per
-// row by a product then a sum, as rows_terms_8's ProductTerm), reduced together by
-// store_row_sums_8: out[0, 4) the sums, out[4, 8) the dots.
-template <bool YPerRow, typename scalar_t, typename y_t>
-void rows_sum_and_dot_4(const scalar_t* x, const y_t* y, int64_t stride, int64_t n, float* out) {
+// rows_sum_and_product for 4 rows of float, Half or BFloat16 (n <= kSpan): each row's two sums in
+// the lanes and order of rows_dot_8 (the product's terms as rows_terms_8's ProductTerm), reduced
+// together by store_row_sums_8: out[0, 4) the sums of a, out[4, 8) those of g a.
+template <typename scalar_t>
+void rows_sum_and_product_4(const scalar_t* a, const scalar_t* g, int64_t stride, int64_t n, float* out) {
   __m256 sum[8];
   for (auto& v : sum) v = _mm256_setzero_ps();
   auto add = [&](int64_t i, auto load) {
-    const __m256 shared_y = YPerRow ? _mm256_setzero_ps() : load(y + i);
     for (int64_t r = 0; r < 4; ++r) {
-      const __m256 xv = load(x + r * stride + i);
-      sum[r] = _mm256_add_ps(sum[r], xv);
-      sum[4 + r] = YPerRow ? _mm256_add_ps(sum[4 + r], _mm256_mul_ps(load(y + r * stride + i), xv))
-                           : _mm256_fmadd_ps(xv, shared_y, sum[4 + r]);
+      const __m256 av = load(a + r * stride + i);
+      sum[r] = _mm256_add_ps(sum[r], av);
+      sum[4 + r] = _mm256_add_ps(sum[4 + r], ProductTerm::of(av, load(g + r * stride + i), av));
     }
   };
   int64_t i = 0;
@@ -660,41 +657,33 @@ void rows_terms(const scalar_t* a, const scalar_t* g, int64_t stride, const acc_
 // few rows of A and G, still in cache when they are read again.
 constexpr int64_t kRowsTogether = 16;
 
-// sums[r] = sum_i x[r * stride + i] and dots[r] = sum_i x[r * stride + i] * y_r[i] for rows <=
-// kRowsTogether rows of n elements, y_r = y + r * stride (YPerRow) or y: the two per-channel sums
-// of XGrad-CAM's weights (A, and G A) and of the weight-based methods' backward (A, and gs A) in
-// one pass over the rows. Each sum is taken as rows_dot (the dot as rows_dot<true>, or as
-// rows_terms<ProductTerm> with YPerRow) would take it alone, blocked over spans; with AVX2 4 rows
-// at a time.
-template <bool YPerRow, typename acc_t, typename scalar_t, typename y_t>
-void rows_sum_and_dot(const scalar_t* x, const y_t* y, int64_t stride, int64_t rows, int64_t n, acc_t* sums,
-                      acc_t* dots) {
+// S[r] = sum_i a[r * stride + i] and products[r] = sum_i g a (the same element of g) for rows <=
+// kRowsTogether rows of n elements: XGrad-CAM's two per-channel sums in one pass over the rows of
+// A, each taken as rows_dot and rows_terms<ProductTerm> would take it alone, blocked over spans;
+// with AVX2 4 rows at a time.
+template <typename acc_t, typename scalar_t>
+void rows_sum_and_product(const scalar_t* a, const scalar_t* g, int64_t stride, int64_t rows, int64_t n, acc_t* S,
+                          acc_t* products) {
   int64_t r = 0;
 #if BATCHCAM_CPU_AVX2
   if constexpr (std::is_same_v<acc_t, float>) {
     const int64_t fours = rows / 4 * 4;
-    acc_t both[2 * kRowsTogether];  // per group of 4 rows: 4 sums, then 4 dots
+    acc_t both[2 * kRowsTogether];  // per group of 4 rows: 4 sums, then 4 products
     by_spans(2 * fours, n, acc_t(1), both, [&](int64_t i0, int64_t m, acc_t, acc_t* span_out) {
       for (int64_t q = 0; q < fours; q += 4) {
-        rows_sum_and_dot_4<YPerRow>(x + q * stride + i0, y + (YPerRow ? q * stride : 0) + i0, stride, m,
-                                    span_out + 2 * q);
+        rows_sum_and_product_4(a + q * stride + i0, g + q * stride + i0, stride, m, span_out + 2 * q);
       }
     });
     for (; r < fours; ++r) {
-      sums[r] = both[2 * (r / 4 * 4) + r % 4];
-      dots[r] = both[2 * (r / 4 * 4) + 4 + r % 4];
+      S[r] = both[2 * (r / 4 * 4) + r % 4];
+      products[r] = both[2 * (r / 4 * 4) + 4 + r % 4];
     }
   }
 #endif
-  const int64_t rest = rows - r;
-  if (rest == 0) return;
-  rows_dot<false>(x + r * stride, stride, static_cast<const acc_t*>(nullptr), rest, n, acc_t(1), sums + r);
-  if constexpr (YPerRow) {
-    rows_terms<ProductTerm>(x + r * stride, y + r * stride, stride, static_cast<const acc_t*>(nullptr), rest, n,
-                            dots + r);
-  } else {
-    rows_dot<true>(x + r * stride, stride, y, rest, n, acc_t(1), dots + r);
-  }
+  if (r == rows) return;
+  rows_dot<false>(a + r * stride, stride, static_cast<const acc_t*>(nullptr), rows - r, n, acc_t(1), S + r);
+  rows_terms<ProductTerm>(a + r * stride, g + r * stride, stride, static_cast<const acc_t*>(nullptr), rows - r, n,
+                          products + r);
 }
 
 // S = sum_p A and w for `rows` channels of a weight-based method, from their rows of A and G
@@ -702,7 +691,7 @@ void rows_sum_and_dot(const scalar_t* x, const y_t* y, int64_t stride, int64_t r
 template <Method M, typename acc_t, typename scalar_t>
 void weight_rows(int64_t n, const scalar_t* a, const scalar_t* g, int64_t rows, acc_t* S, acc_t* w) {
   if constexpr (M == Method::XGradCam) {
-    rows_sum_and_dot<true>(a, g, n, rows, n, S, w);  // S, and sum_p G A
+    rows_sum_and_product(a, g, n, rows, n, S, w);  // S, and sum_p G A
     for (int64_t r = 0; r < rows; ++r) w[r] = xgradcam_weight(w[r], S[r]);
   } else {
     rows_dot<false>(a, n, static_cast<const acc_t*>(nullptr), rows, n, acc_t(1), S);
@@ -798,7 +787,8 @@ void method_backward_channels(int64_t P, const scalar_t* a, const scalar_t* g, c
       acc_t gw[kRowsTogether] = {}, S[kRowsTogether] = {}, x[kRowsTogether] = {};
       if constexpr (!is_elementwise(M)) {
         const scalar_t* ar = a + first * P;
-        rows_sum_and_dot<false>(ar, gs, P, rows, P, S, gw);
+        rows_dot<false>(ar, P, static_cast<const acc_t*>(nullptr), rows, P, acc_t(1), S);
+        rows_dot<true>(ar, P, gs, rows, P, acc_t(1), gw);
         if constexpr (M == Method::XGradCam) {
           for (int64_t r = 0; r < rows; ++r) x[r] = xgradcam_weight(gw[r], S[r]);
         } else {
