@@ -190,6 +190,15 @@ template <typename scalar_t>
   }
 }
 
+// add(i, load) for the elements [i, i + 8) of rows of n elements: load(v) reads 8 elements from v
+// as floats, the last call's only the row's tail (then zeros).
+template <typename Add>
+[[gnu::always_inline]] inline void over_vectors_8(int64_t n, const Add& add) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) add(i, [](const auto* v) { return load_8(v); });
+  if (i < n) add(i, [m = n - i](const auto* v) { return load_first(v, m); });
+}
+
 // out[r] = scale * (the sum of sum[r]'s 8 lanes), for 8 rows reduced together by a tree of
 // horizontal adds: a fixed order and 9 instructions for 8 rows, where reducing each row's lanes
 // alone costs more than summing a short row.
@@ -217,9 +226,7 @@ void rows_dot_8(const scalar_t* x, int64_t stride, const float* y, int64_t n, fl
       sum[r] = HasY ? _mm256_fmadd_ps(xv, yv, sum[r]) : _mm256_add_ps(sum[r], xv);
     }
   };
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) add(i, [](const auto* v) { return load_8(v); });
-  if (i < n) add(i, [m = n - i](const auto* v) { return load_first(v, m); });
+  over_vectors_8(n, add);
   store_row_sums_8(sum, scale, out);
 }
 
@@ -235,9 +242,7 @@ void rows_terms_8(const scalar_t* a, const scalar_t* g, int64_t stride, const fl
       sum[r] = _mm256_add_ps(sum[r], term);
     }
   };
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) add(i, [](const auto* v) { return load_8(v); });
-  if (i < n) add(i, [m = n - i](const auto* v) { return load_first(v, m); });
+  over_vectors_8(n, add);
   store_row_sums_8(sum, 1.f, out);
 }
 
@@ -255,9 +260,7 @@ void rows_sum_and_product_4(const scalar_t* a, const scalar_t* g, int64_t stride
       sum[4 + r] = _mm256_add_ps(sum[4 + r], ProductTerm::of(av, load(g + r * stride + i), av));
     }
   };
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) add(i, [](const auto* v) { return load_8(v); });
-  if (i < n) add(i, [m = n - i](const auto* v) { return load_first(v, m); });
+  over_vectors_8(n, add);
   store_row_sums_8(sum, 1.f, out);
 }
 #endif
