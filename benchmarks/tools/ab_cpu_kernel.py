@@ -6,7 +6,7 @@ namespace and the torch library renamed by -Dbatchcam=...), compiled with the fl
 cxx_flags and Python's own, as setuptools compiles them (-fwrapv among them changes GCC's code
 here by up to 2x).
 Forward and backward kernels are called directly (no autograd), each timed as the fastest of 25
-rounds of repeated calls, after a check that both builds agree.
+rounds of repeated calls, after a check that both builds agree (the map, gA and gG).
 
     python benchmarks/tools/ab_cpu_kernel.py --base HEAD~1
     python benchmarks/tools/ab_cpu_kernel.py --base 6789897 --threads 1 --dtype float16 --shape 32,64,7,7
@@ -119,8 +119,11 @@ def main():
         a = a.abs()  # as after a ReLU (xgradcam and gradcampp divide by a channel's sum of A), as bench_op
         calls = {(label, name): fn for label, ops in builds.items()
                  for name, fn in kernels(ops, a, g, gy, args.method).items()}
-        base_map, this_map = calls["base", "fwd"]()[0], calls["this", "fwd"]()[0]
-        torch.testing.assert_close(this_map.double(), base_map.double(), rtol=1e-2, atol=1e-3, equal_nan=True)
+        # the two builds agree on the map and on both gradients
+        pairs = [(calls["base", "fwd"]()[0], calls["this", "fwd"]()[0]),
+                 *zip(calls["base", "bwd"](), calls["this", "bwd"]())]
+        for base_out, this_out in pairs:
+            torch.testing.assert_close(this_out.double(), base_out.double(), rtol=1e-2, atol=1e-3, equal_nan=True)
         best = fastest(calls, runs=max(1, int(2e6 / a.numel())))
         row = [f"{B},{C},{H},{W}", "NHWC" if channels_last else "NCHW"]
         for name in ("fwd", "bwd"):
