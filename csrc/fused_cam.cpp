@@ -49,9 +49,10 @@ TORCH_LIBRARY(batchcam, m) {
       "bool[2] output_mask) -> (Tensor?, Tensor?)");
   // ROAD's linear imputation (python/batchcam/metrics.py, linear_impute): images (N, C, H, W) with
   // the pixels where removed (N, H, W) is True replaced by the weighted mean of their neighbours,
-  // solved to a relative residual tol in float64. CPU only (cpu/impute_cpu_kernels.h); other devices
-  // solve in Python.
-  m.def("impute_linear(Tensor images, Tensor removed, float tol, int max_iterations) -> Tensor");
+  // in float64; solver "direct" (a band Cholesky factorisation per image), "cg" (conjugate gradients
+  // per channel to a relative residual tol) or "auto" (per image, the cheaper of the two). CPU only
+  // (cpu/impute_cpu_kernels.h); other devices solve in Python.
+  m.def("impute_linear(Tensor images, Tensor removed, float tol, int max_iterations, str solver=\"auto\") -> Tensor");
   // Which CPU kernels run: "avx2" or "baseline" (chosen at run time, see cpu/fused_cam_cpu.h).
   m.def("cpu_capability() -> str", &batchcam::cpu_capability);
 }

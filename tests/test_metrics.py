@@ -116,14 +116,14 @@ def scipy_impute(image, removed):
     return out
 
 
-# linear_impute's two solvers: the C++ op on CPU, the tensor operations elsewhere (here on CPU,
+# linear_impute's solvers: the C++ op's two on CPU, the tensor operations elsewhere (here on CPU,
 # 6 image channels at once or in chunks of 4 and 2).
-SOLVERS = ["op", "convolutions", "convolutions in chunks"]
+SOLVERS = ["op direct", "op cg", "convolutions", "convolutions in chunks"]
 
 
 def impute(solver, images, removed, monkeypatch):
-    if solver == "op":
-        return metrics.linear_impute(images, removed, tol=1e-12)
+    if solver.startswith("op"):
+        return metrics.linear_impute(images, removed, tol=1e-12, solver=solver.split()[1])
     if solver == "convolutions in chunks":
         monkeypatch.setattr(metrics, "_IMPUTE_CHUNK_ELEMENTS", 4 * images[0, 0].numel())
     return metrics._impute_by_convolutions(images, removed, 1e-12, 500)
@@ -143,17 +143,34 @@ def test_linear_impute_solves_pytorch_grad_cams_system(fraction, solver, monkeyp
         np.testing.assert_allclose(filled[n].numpy(), expected, atol=1e-9)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 1, 9), (2, 1, 17, 1), (1, 3, 33, 29)])
-def test_linear_impute_in_float32_and_channels_last(shape):
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 1, 9), (2, 1, 17, 1), (1, 3, 33, 29), (1, 6, 9, 31)])
+def test_linear_impute_in_float32_and_channels_last(shape, solver):
     torch.manual_seed(2)
     images = torch.rand(shape).to(memory_format=torch.channels_last)
     removed = torch.rand(shape[0], *shape[2:]) < 0.6
     removed[0, 0, 0], removed[0, -1, -1] = True, False
-    filled = metrics.linear_impute(images, removed)
+    filled = metrics.linear_impute(images, removed, solver=solver)
     assert filled.dtype == torch.float32
     for n in range(shape[0]):
         expected = scipy_impute(images[n].double().numpy(), removed[n].numpy())
         np.testing.assert_allclose(filled[n].numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels, wide", [(1, "cg"), (3, "direct")])
+def test_linear_impute_auto_picks_the_solver_per_image(channels, wide):
+    """"auto": direct on a narrow band; on a band of 111, CG for one channel (direct up to 96 per
+    channel), direct for three. Told apart by their rounding: each is bitwise reproducible."""
+    torch.manual_seed(5)
+    images = torch.rand(2, channels, 120, 130, dtype=torch.float64)
+    removed = torch.zeros(2, 120, 130, dtype=torch.bool)
+    removed[0, 40:60, 50:70] = True  # band 20
+    removed[1, 5:-5, 5:-5] = True  # band 111 (numbered along the columns)
+    auto = metrics.linear_impute(images, removed, tol=1e-13)
+    by = {solver: metrics.linear_impute(images, removed, tol=1e-13, solver=solver) for solver in ("direct", "cg")}
+    assert not torch.equal(by["direct"][1], by["cg"][1])
+    torch.testing.assert_close(by["direct"], by["cg"], rtol=0, atol=1e-9)
+    assert torch.equal(auto[0], by["direct"][0]) and torch.equal(auto[1], by[wide][1])
 
 
 def test_linear_impute_noise_and_kept_pixels():
@@ -174,11 +191,16 @@ def test_linear_impute_noise_and_kept_pixels():
 def test_impute_linear_op():
     torch.manual_seed(4)
     images, removed = torch.rand(2, 3, 7, 6, dtype=torch.float64), torch.rand(2, 7, 6) < 0.5
-    torch.library.opcheck(torch.ops.batchcam.impute_linear.default, (images, removed, 1e-10, 200))
+    for solver in metrics.IMPUTE_SOLVERS:
+        torch.library.opcheck(torch.ops.batchcam.impute_linear.default, (images, removed, 1e-10, 200, solver))
     with pytest.raises(RuntimeError, match=r"removed must be \(N, H, W\) = \(2, 7, 6\)"):
         torch.ops.batchcam.impute_linear(images, removed[:, :6], 1e-10, 200)
     with pytest.raises(RuntimeError, match="images must be float32 or float64"):
         torch.ops.batchcam.impute_linear(images.half(), removed, 1e-10, 200)
+    with pytest.raises(RuntimeError, match="solver must be one of auto, direct, cg; got lu"):
+        torch.ops.batchcam.impute_linear(images, removed, 1e-10, 200, "lu")
+    with pytest.raises(ValueError, match=r"solver must be one of \('auto', 'direct', 'cg'\), got 'lu'"):
+        metrics.linear_impute(images, removed, solver="lu")
 
 
 @pytest.mark.parametrize("order", ["morf", "lerf", "combined"])

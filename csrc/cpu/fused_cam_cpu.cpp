@@ -49,7 +49,7 @@ CamBackwardResult cam_backward_cpu(const at::Tensor& grad_map, const at::Tensor&
 }
 
 at::Tensor impute_linear_cpu(const at::Tensor& images, const at::Tensor& removed, double tol,
-                             int64_t max_iterations) {
+                             int64_t max_iterations, c10::string_view solver) {
   TORCH_CHECK(images.dim() == 4, "impute_linear: images must be (N, C, H, W), got ", images.sizes());
   TORCH_CHECK(removed.dim() == 3 && removed.size(0) == images.size(0) && removed.size(1) == images.size(2) &&
                   removed.size(2) == images.size(3),
@@ -60,8 +60,13 @@ at::Tensor impute_linear_cpu(const at::Tensor& images, const at::Tensor& removed
               "impute_linear: images must be float32 or float64, got ", images.scalar_type());
   TORCH_CHECK(tol >= 0 && max_iterations >= 0, "impute_linear: tol and max_iterations must be >= 0, got ", tol,
               " and ", max_iterations);
+  TORCH_CHECK(solver == "auto" || solver == "direct" || solver == "cg",
+              "impute_linear: solver must be one of auto, direct, cg; got ", solver);
+  const ImputeSolver which = solver == "direct" ? ImputeSolver::kDirect
+                             : solver == "cg"   ? ImputeSolver::kConjugateGradients
+                                                : ImputeSolver::kAuto;
   auto kernel = use_avx2() ? avx2::impute_linear : baseline::impute_linear;
-  return kernel(images, removed, tol, max_iterations);
+  return kernel(images, removed, tol, max_iterations, which);
 }
 
 }  // namespace

@@ -30,6 +30,9 @@
 
 namespace batchcam {
 
+// impute_linear's solver (impute_cpu_kernels.h): per image the cheaper, or always one of the two.
+enum class ImputeSolver { kAuto, kDirect, kConjugateGradients };
+
 #define BATCHCAM_DECLARE_CPU_KERNELS(capability)                                                          \
   namespace capability {                                                                                 \
   CamForwardResult cam_forward(const at::Tensor& activations, const at::Tensor& gradients, bool relu,       \
@@ -41,7 +44,7 @@ namespace batchcam {
                                  c10::string_view normalize, double eps, c10::string_view method,          \
                                  c10::string_view gpu_kernel, std::array<bool, 2> output_mask);            \
   at::Tensor impute_linear(const at::Tensor& images, const at::Tensor& removed, double tol,                  \
-                           int64_t max_iterations);                                                          \
+                           int64_t max_iterations, ImputeSolver solver);                                     \
   }
 BATCHCAM_DECLARE_CPU_KERNELS(baseline)
 BATCHCAM_DECLARE_CPU_KERNELS(avx2)

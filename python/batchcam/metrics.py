@@ -167,21 +167,31 @@ def _neighbour_sum(v, kernel):
     return F.conv2d(v, kernel, padding=1)
 
 
-def linear_impute(images, removed, noise=0.0, tol=None, max_iterations=None, generator=None):
+IMPUTE_SOLVERS = ("auto", "direct", "cg")
+
+
+def linear_impute(images, removed, noise=0.0, tol=None, max_iterations=None, generator=None, solver="auto"):
     """Images (N, C, H, W) with the pixels where `removed` (N, H, W) is True replaced by the solution
     of sum_j w_ij (v_i - x_j) = 0 over the neighbours j of every removed pixel i (pytorch-grad-cam's
-    NoisyLinearImputer, scipy's spsolve there), then `noise` * N(0, 1) added to them. Solved by
-    conjugate gradients on the symmetric positive definite system, to a relative residual of `tol`:
-    on CPU by the C++ op batchcam::impute_linear (one system per image channel, in float64; default
-    tol 1e-10 for float64 images, 1e-8 for others), elsewhere by _impute_by_convolutions (in the
-    images' precision, at least float32; default tol 1e-6 in float32, 1e-10 in float64). A channel
-    whose every pixel is removed has no solution (scipy: a singular matrix) and comes out zero."""
+    NoisyLinearImputer, scipy's spsolve there), then `noise` * N(0, 1) added to them.
+    On CPU the C++ op batchcam::impute_linear solves in float64, per image, with `solver` "direct"
+    (a band Cholesky factorisation shared by the image's channels), "cg" (conjugate gradients per
+    channel to a relative residual of `tol`, default 1e-10 for float64 images, 1e-8 for others) or
+    "auto" (whichever is cheaper for that image: direct for the holes of images up to about 100 x
+    100 pixels per channel). Elsewhere by _impute_by_convolutions, conjugate gradients in the
+    images' precision, at least float32 (default tol 1e-6 in float32, 1e-10 in float64; solver
+    "direct" is CPU only). A channel whose every pixel is removed has no solution (scipy: a
+    singular matrix) and comes out zero."""
+    if solver not in IMPUTE_SOLVERS:
+        raise ValueError(f"linear_impute: solver must be one of {IMPUTE_SOLVERS}, got {solver!r}")
     n, c, h, w = images.shape
     x = images.to(torch.promote_types(images.dtype, torch.float32))
     max_iterations = max_iterations or 4 * (h + w) + 100
     if x.device.type == "cpu":
         tol = tol if tol is not None else 1e-10 if x.dtype == torch.float64 else 1e-8
-        filled = torch.ops.batchcam.impute_linear(x, removed.bool(), tol, max_iterations)
+        filled = torch.ops.batchcam.impute_linear(x, removed.bool(), tol, max_iterations, solver)
+    elif solver == "direct":
+        raise ValueError(f"linear_impute: solver 'direct' runs on CPU only, the images are on {x.device}")
     else:
         filled = _impute_by_convolutions(x, removed, tol, max_iterations)
     if noise:

@@ -106,7 +106,7 @@ def _cam_backward_fake(grad_map, activations, gradients, weights, scores, extrem
 
 
 @torch.library.register_fake("batchcam::impute_linear")
-def _impute_linear_fake(images, removed, tol, max_iterations):
+def _impute_linear_fake(images, removed, tol, max_iterations, solver="auto"):
     return images.new_empty(images.shape)  # contiguous, whatever the images' layout
 
 
