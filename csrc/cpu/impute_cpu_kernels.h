@@ -274,9 +274,10 @@ void solve_band(const double* ab, int64_t n, int64_t band, int64_t channels, dou
 
 // The solver "auto" picks per image. Directly, the factor's n band^2 / 2 multiply-adds are shared by
 // the channels; CG's work, n times an iteration count that grows as the band, is per channel: the
-// direct solve is the cheaper up to a band of about kDirectBandPerChannel per channel (measured on
-// ROAD's holes: 1 channel 1.5x faster at 64x64, 1.1x slower at 128x128; 3 channels faster up to
-// 256x256, slower at 384x384), and its factor must fit in kDirectDoubles (64 MB per thread).
+// direct solve is the cheaper up to a band of about kDirectBandPerChannel per channel, and its
+// factor must fit in kDirectDoubles (64 MB per thread). On ROAD's masks from 28x28 to 384x384, grey
+// and RGB, "auto" is within 3% of the faster solver, or faster than both where an image's
+// percentiles fall on both sides (benchmarks/tools/impute_solvers.py).
 constexpr int64_t kDirectBandPerChannel = 96;
 constexpr int64_t kDirectDoubles = int64_t(1) << 23;
 
