@@ -356,20 +356,20 @@ at::Tensor impute_linear(const at::Tensor& images, const at::Tensor& removed, do
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       Workspace ws(H, W);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task * stride % N;
-        const scalar_t* image = in + n * C * H * W;
-        scalar_t* image_out = filled + n * C * H * W;
-        const Numbering order = number_unknowns(gone + n * H * W, H, W, ws);
+        const int64_t i = task * stride % N;
+        const scalar_t* image = in + i * C * H * W;
+        const bool* image_removed = gone + i * H * W;
+        scalar_t* image_out = filled + i * C * H * W;
+        const Numbering order = number_unknowns(image_removed, H, W, ws);
         std::copy(image, image + C * H * W, image_out);
         if (order.n == 0) continue;
         if (order.n == H * W) {  // no known pixel: the matrix is singular (scipy's too); zeros
           std::fill(image_out, image_out + C * H * W, scalar_t(0));
         } else if (solve_directly(solver, order, C)) {
-          solve_image(image, gone + n * H * W, C, H, W, degree, order, ws, image_out);
+          solve_image(image, image_removed, C, H, W, degree, order, ws, image_out);
         } else {
           for (int64_t c = 0; c < C; ++c) {
-            solve_channel(image + c * H * W, gone + n * H * W, H, W, degree, tol, max_iterations, ws,
-                          image_out + c * H * W);
+            solve_channel(image + c * H * W, image_removed, H, W, degree, tol, max_iterations, ws, image_out + c * H * W);
           }
         }
       }

@@ -175,13 +175,13 @@ def linear_impute(images, removed, noise=0.0, tol=None, max_iterations=None, gen
     of sum_j w_ij (v_i - x_j) = 0 over the neighbours j of every removed pixel i (pytorch-grad-cam's
     NoisyLinearImputer, scipy's spsolve there), then `noise` * N(0, 1) added to them.
     On CPU the C++ op batchcam::impute_linear solves in float64, per image, with `solver` "direct"
-    (a band Cholesky factorisation shared by the image's channels), "cg" (conjugate gradients per
-    channel to a relative residual of `tol`, default 1e-10 for float64 images, 1e-8 for others) or
-    "auto" (whichever is cheaper for that image: direct for the holes of images up to about 100 x
-    100 pixels per channel). Elsewhere by _impute_by_convolutions, conjugate gradients in the
-    images' precision, at least float32 (default tol 1e-6 in float32, 1e-10 in float64; solver
-    "direct" is CPU only). A channel whose every pixel is removed has no solution (scipy: a
-    singular matrix) and comes out zero."""
+    (a band Cholesky factorisation shared by the image's channels; memory: unknowns x image width
+    doubles), "cg" (conjugate gradients per channel to a relative residual of `tol`, default 1e-10
+    for float64 images, 1e-8 for others) or "auto" (per image the cheaper: direct unless the hole
+    spans more than about 96 pixels per channel, csrc/cpu/impute_cpu_kernels.h). Elsewhere by
+    _impute_by_convolutions, conjugate gradients in the images' precision, at least float32
+    (default tol 1e-6 in float32, 1e-10 in float64; solver "direct" is CPU only). A channel whose
+    every pixel is removed has no solution (scipy: a singular matrix) and comes out zero."""
     if solver not in IMPUTE_SOLVERS:
         raise ValueError(f"linear_impute: solver must be one of {IMPUTE_SOLVERS}, got {solver!r}")
     n, c, h, w = images.shape
