@@ -1,8 +1,9 @@
 """ROAD's imputation on CPU by each solver of batchcam::impute_linear: "direct" (a band Cholesky
 factorisation per image, shared by its channels), "cg" (conjugate gradients per channel) and
-"auto" (per image the cheaper, csrc/cpu/impute_cpu_kernels.h), on ROAD's masks: a smooth map per
-image (uniform noise on a grid of size / 16, bilinearly upsampled), the pixels at or above (MoRF)
-and below (LeRF) each of its 9 percentiles removed, as metrics.road builds them.
+"auto" (per image the cheaper, csrc/cpu/impute_cpu_kernels.h), through metrics.linear_impute on
+ROAD's masks: a smooth map per image (uniform noise on a grid of size / 16, bilinearly
+upsampled), the pixels at or above (MoRF) and below (LeRF) each of its 9 percentiles removed
+(metrics.road_masks of the map and of 1 - map).
 
 Timed round-robin in one process; the median of the rounds per solver and the range of the
 rounds' own ratios. The rows back the crossover of the "auto" rule (kDirectBandPerChannel).
@@ -17,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/: common
-import batchcam  # noqa: E402,F401  (registers the ops)
 from batchcam import metrics  # noqa: E402
 from common import machine, measure_interleaved, write_result  # noqa: E402
 
@@ -27,18 +27,13 @@ CASES = ((64, 1, 28), (64, 3, 64), (8, 1, 64), (4, 1, 128), (2, 1, 192), (4, 3, 
 SOLVERS = ("direct", "cg", "auto")
 
 
-def road_masks(batch, size, generator):
+def road_removed(batch, size, generator):
     """(18 batch, size, size) bool: metrics.road's removed pixels, MoRF then LeRF, percentile by
     percentile."""
     coarse = max(2, size // 16)
     maps = F.interpolate(torch.rand(batch, 1, coarse, coarse, generator=generator), size=(size, size),
-                         mode="bilinear", align_corners=False).flatten(1)
-    q = torch.tensor([p / 100 for p in metrics.ROAD_PERCENTILES], dtype=torch.float64)
-    masks = []
-    for ranked in (maps, 1 - maps):
-        thresholds = torch.quantile(ranked.double(), q, dim=1).to(ranked.dtype)
-        masks.append((ranked[None] >= thresholds[..., None]).reshape(-1, size, size))
-    return torch.cat(masks)
+                         mode="bilinear", align_corners=False)[:, 0]
+    return torch.cat([metrics.road_masks(ranked).reshape(-1, size, size) for ranked in (maps, 1 - maps)])
 
 
 def main():
@@ -50,11 +45,9 @@ def main():
               "auto / faster", "max |direct - cg|"]
     rows = []
     for batch, channels, size in CASES:
-        removed = road_masks(batch, size, generator)
+        removed = road_removed(batch, size, generator)
         images = torch.rand(removed.shape[0], channels, size, size, generator=generator)
-        iterations = 4 * (2 * size) + 100  # linear_impute's default
-        solve = {name: (lambda name=name: torch.ops.batchcam.impute_linear(images, removed, 1e-8, iterations, name))
-                 for name in SOLVERS}
+        solve = {name: (lambda name=name: metrics.linear_impute(images, removed, solver=name)) for name in SOLVERS}
         difference = (solve["direct"]() - solve["cg"]()).abs().max().item()
         samples = {}
         median = measure_interleaved(solve, "cpu", rounds=args.rounds, warmup=1, samples=samples)

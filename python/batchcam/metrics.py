@@ -252,6 +252,17 @@ ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 ROAD_ORDERS = ("morf", "lerf", "combined")
 
 
+def road_masks(ranked, percentiles=ROAD_PERCENTILES):
+    """(P, B, H, W) bool: the pixels of `ranked` (B, H, W) at or above each of its percentiles,
+    ROAD's removed pixels. The thresholds are numpy.percentile's linear interpolation, in float64
+    rounded to the maps' dtype as numpy's is, and compared in that dtype (pytorch-grad-cam keeps
+    map < threshold)."""
+    q = torch.tensor([p / 100 for p in percentiles], dtype=torch.float64, device=ranked.device)
+    flat = ranked.flatten(1)
+    thresholds = torch.quantile(flat.double(), q, dim=1).to(flat.dtype)  # (P, B)
+    return (flat[None] >= thresholds[..., None]).view(len(q), *ranked.shape)
+
+
 @torch.no_grad()
 def road(model, images, maps, targets=None, *, order="combined", percentiles=ROAD_PERCENTILES, noise=0.01,
          score="probability", output=None, batch_size=None, generator=None):
@@ -265,18 +276,13 @@ def road(model, images, maps, targets=None, *, order="combined", percentiles=ROA
         raise ValueError(f"road: order must be one of {ROAD_ORDERS}, got {order!r}")
     targets = _targets(model, images, targets, output)
     before = target_scores(model, images, targets, score, output, batch_size)
-    q = torch.tensor([p / 100 for p in percentiles], dtype=torch.float64, device=maps.device)
-    batch, pixels = images.shape[0], images.shape[2:]
+    batch, pixels, count = images.shape[0], images.shape[2:], len(percentiles)
 
     def change(ranked):  # mean over the percentiles of score(imputed) - score(image), (B,)
-        ranked = ranked.flatten(1)
-        # (P, B): numpy.percentile's linear interpolation, in float64 rounded to the maps' dtype as
-        # numpy's is; compared in that dtype (pytorch-grad-cam keeps map < threshold)
-        thresholds = torch.quantile(ranked.double(), q, dim=1).to(ranked.dtype)
-        removed = ranked[None] >= thresholds[..., None]  # (P, B, H*W)
-        imputed = linear_impute(images.repeat(len(q), 1, 1, 1), removed.reshape(-1, *pixels), noise,
+        removed = road_masks(ranked, percentiles)  # (P, B, H, W)
+        imputed = linear_impute(images.repeat(count, 1, 1, 1), removed.reshape(-1, *pixels), noise,
                                 generator=generator)
-        after = target_scores(model, imputed, targets.repeat(len(q)), score, output, batch_size).view(len(q), batch)
+        after = target_scores(model, imputed, targets.repeat(count), score, output, batch_size).view(count, batch)
         return (after - before).mean(0)
 
     if order == "morf":
