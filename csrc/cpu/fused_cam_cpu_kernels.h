@@ -153,13 +153,14 @@ struct GradCamPPTerm {
   }
 #if BATCHCAM_CPU_AVX2
   static __m256 of(__m256 /*a*/, __m256 g, __m256 S) {
-    // D = (S g + 2) g^2 + eps: two fused multiply-adds for the scalar form's five operations
-    const __m256 g2 = _mm256_mul_ps(g, g);
-    const __m256 d = _mm256_fmadd_ps(_mm256_fmadd_ps(S, g, _mm256_set1_ps(2.0f)), g2,
-                                     _mm256_set1_ps(static_cast<float>(kGradCamPPEps)));
-    // zero where g <= 0 (an ordered compare: NaN stays NaN)
-    const __m256 t = _mm256_andnot_ps(_mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LE_OQ),
-                                      _mm256_mul_ps(g, _mm256_div_ps(g2, d)));
+    // On g+ = max(0, g) (NaN stays NaN: max_ps returns its second operand if either is NaN), where
+    // t is zero for g <= 0 without a mask: t = g+^3 / (S g+^3 + (2 g+^2 + eps)), 7 instructions for
+    // the scalar form's 10 (the loop is bound by instructions, not by the divider).
+    const __m256 gp = _mm256_max_ps(_mm256_setzero_ps(), g);
+    const __m256 g2 = _mm256_mul_ps(gp, gp), g3 = _mm256_mul_ps(g2, gp);
+    const __m256 d = _mm256_fmadd_ps(S, g3, _mm256_fmadd_ps(g2, _mm256_set1_ps(2.0f),
+                                                             _mm256_set1_ps(static_cast<float>(kGradCamPPEps))));
+    const __m256 t = _mm256_div_ps(g3, d);
     return Power == 1 ? t : _mm256_mul_ps(t, t);
   }
 #endif
